@@ -1,0 +1,54 @@
+"""``python -m rlrm.collect``: roll out a behaviour policy, label transitions, write one dataset per task."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from rlrm import cli
+from rlrm.console import print_table, slug
+from rlrm.data.collect import collect, summary_row
+from rlrm.errors import ConfigError
+from rlrm.tasks import load_catalog
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rlrm.collect", description=__doc__)
+    p.add_argument("--task", action="append", default=[], help="task name or env id (repeatable)")
+    p.add_argument("--suite", action="append", default=[], help="suite name from envs/*.yaml (repeatable)")
+    p.add_argument("--tasks-file", action="append", default=[], help="extra task/suite yaml file")
+    p.add_argument("--steps", type=int, default=20_000, help="transitions per task (default 20000)")
+    p.add_argument("--policy", default="random", help="random | PATH.zip | mixture:PATH.zip:EPS")
+    p.add_argument("--labeler", default=None, help="override: env | python:module:function | file:PATH")
+    p.add_argument("--n-envs", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("data"), help="output folder; one dataset per task inside")
+    p.add_argument("--no-progress", action="store_true")
+    cli.add_common_args(p)
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    catalog = load_catalog(args.tasks_file)
+    tasks = catalog.resolve(args.task, args.suite)
+    if not tasks:
+        raise ConfigError("name at least one --task or --suite")
+    rows = []
+    for i, task in enumerate(tasks):
+        ds = collect(task, args.steps, args.policy, n_envs=args.n_envs, seed=args.seed + 1000 * i,
+                     labeler=args.labeler, progress=not args.no_progress)
+        path = ds.save(args.out / slug(task.name))
+        rows.append({**summary_row(ds), "path": str(path)})
+    print_table(f"Collected transitions ({args.policy} policy)", rows,
+                ["task", "transitions", "episodes", "label_source", "label_mean", "label_std", "path"])
+    return 0
+
+
+def entry(argv: Sequence[str] | None = None) -> int:
+    cli.quiet_third_party()
+    return cli.run(main, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(entry())

@@ -1,0 +1,246 @@
+"""``RewardModel``: input adapters per space → one shared encoder → one head per task.
+
+Layout::
+
+    features = [adapter(obs), adapter(action), adapter(next_obs), done]   (numpy, rlrm.spaces)
+    x = (features - mean) / std                  per input group (tasks with the same spaces share one)
+    h = stem[group](x)                           Linear + activation (+ LayerNorm): maps any spaces to width[0]
+    z = encoder(h)                               shared by every task
+    r = head[task](z) * label_std + label_mean   one Linear per task, in label units
+
+Adding a task adds a head (and a stem if its spaces are new) without touching the encoder.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+
+from rlrm import spaces as sp
+from rlrm.errors import ConfigError, ModelFileError, SpaceError
+from rlrm.tasks import Task
+
+INPUTS = ("obs", "action", "next_obs", "done")
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU, "elu": nn.ELU}
+
+
+@dataclass
+class ModelConfig:
+    """Architecture. ``encoder``: layer widths (the first is the stems' output); ``inputs``: a subset of
+    ``obs, action, next_obs, done`` (``done`` is the terminated flag)."""
+
+    encoder: list[int] = field(default_factory=lambda: [256, 256])
+    activation: str = "relu"
+    layer_norm: bool = False
+    inputs: list[str] = field(default_factory=lambda: ["obs", "action", "next_obs"])
+
+    def __post_init__(self) -> None:
+        if not self.encoder or any(int(w) <= 0 for w in self.encoder):
+            raise ConfigError(f"encoder widths must be positive integers, got {self.encoder}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"activation {self.activation!r} unknown; expected one of {sorted(ACTIVATIONS)}")
+        bad = [i for i in self.inputs if i not in INPUTS]
+        if bad or not self.inputs or len(set(self.inputs)) != len(self.inputs):
+            raise ConfigError(f"inputs {self.inputs}: expected distinct names from {list(INPUTS)}")
+        self.encoder = [int(w) for w in self.encoder]
+        self.inputs = [i for i in INPUTS if i in self.inputs]  # canonical order
+
+
+class InputGroup:
+    """The adapters of one (observation space, action space) pair and the size of their features."""
+
+    def __init__(self, gid: str, obs_space: spaces.Space, action_space: spaces.Space, inputs: list[str]) -> None:
+        self.id = gid
+        self.obs_space, self.action_space = obs_space, action_space
+        self.obs = sp.SpaceAdapter(obs_space, "obs")
+        self.next_obs = sp.SpaceAdapter(obs_space, "next_obs")
+        self.action = sp.SpaceAdapter(action_space, "action")
+        self.inputs = inputs
+        parts = {"obs": self.obs.continuous, "action": self.action.continuous,
+                 "next_obs": self.next_obs.continuous, "done": np.zeros(1, bool)}
+        #: which features are standardized (Box values); one-hot and flags are left as they are
+        self.continuous = np.concatenate([parts[i] for i in inputs])
+        self.dim = len(self.continuous)
+
+    @property
+    def signature(self) -> str:
+        return sp.space_signature(self.obs_space) + "|" + sp.space_signature(self.action_space)
+
+    def features(self, obs: Any, action: Any, next_obs: Any, done: Any) -> np.ndarray:
+        """``(n, dim)`` float32 features of a batch of transitions."""
+        pieces = []
+        for name in self.inputs:
+            if name == "obs":
+                pieces.append(self.obs.transform(obs))
+            elif name == "action":
+                pieces.append(self.action.transform(action))
+            elif name == "next_obs":
+                pieces.append(self.next_obs.transform(next_obs))
+            else:
+                pieces.append(np.asarray(done, dtype=np.float32).reshape(-1, 1))
+        n = {len(p) for p in pieces}
+        if len(n) != 1:
+            raise SpaceError(f"obs/action/next_obs/done batches have different lengths {sorted(n)}")
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"obs_space": sp.space_to_json(self.obs_space), "action_space": sp.space_to_json(self.action_space),
+                "dim": self.dim}
+
+
+@dataclass
+class TaskHead:
+    """What the model knows of a task: its definition, input group and label scale."""
+
+    task: Task
+    group: str
+    label_mean: float = 0.0
+    label_std: float = 1.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"task": self.task.to_dict(), "group": self.group, "label_mean": self.label_mean,
+                "label_std": self.label_std, "info": self.info}
+
+
+def _block(n_in: int, n_out: int, cfg: ModelConfig) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Linear(n_in, n_out), ACTIVATIONS[cfg.activation]()]
+    if cfg.layer_norm:
+        layers.append(nn.LayerNorm(n_out))
+    return layers
+
+
+class RewardModel(nn.Module):
+    """A multi-task reward model (see module docstring).
+
+    Two faces: :meth:`forward` (differentiable, on feature tensors, for training) and :meth:`predict`
+    (no-grad, numpy batches in, numpy rewards out, for environments). :meth:`reward_fn` gives a fast
+    NumPy-only :class:`rlrm.reward_fn.RewardFn` for wrappers.
+    """
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ModelConfig()
+        widths = self.config.encoder
+        layers: list[nn.Module] = []
+        for a, b in itertools.pairwise(widths):
+            layers += _block(a, b, self.config)
+        self.encoder = nn.Sequential(*layers)
+        self.stems = nn.ModuleDict()
+        self.heads = nn.ModuleDict()
+        self.groups: dict[str, InputGroup] = {}
+        self.tasks: dict[str, TaskHead] = {}
+        self.meta: dict[str, Any] = {}  # training config, metrics summary, provenance
+
+    # ------------------------------------------------------------------ structure
+    def add_task(self, task: Task, obs_space: spaces.Space, action_space: spaces.Space) -> TaskHead:
+        """Add a head for ``task`` (and an input group + stem if its spaces are new); returns the head info."""
+        if task.name in self.tasks:
+            raise ConfigError(f"the model already has a head for task {task.name!r}")
+        probe = InputGroup("?", obs_space, action_space, self.config.inputs)
+        gid = next((g.id for g in self.groups.values() if g.signature == probe.signature), None)
+        if gid is None:
+            gid = f"g{len(self.groups)}"
+            group = InputGroup(gid, obs_space, action_space, self.config.inputs)
+            self.groups[gid] = group
+            self.stems[gid] = nn.Sequential(*_block(group.dim, self.config.encoder[0], self.config))
+            self.register_buffer(f"norm_mean_{gid}", torch.zeros(group.dim))
+            self.register_buffer(f"norm_std_{gid}", torch.ones(group.dim))
+        head = TaskHead(task, gid)
+        self.tasks[task.name] = head
+        self.heads[head_key(task.name)] = nn.Linear(self.config.encoder[-1], 1)
+        return head
+
+    def group_of(self, task: str) -> InputGroup:
+        """The input group (adapters) a task uses."""
+        return self.groups[self.head_info(task).group]
+
+    def head_info(self, task: str) -> TaskHead:
+        """The :class:`TaskHead` of ``task``; a clear error if the model has none."""
+        try:
+            return self.tasks[task]
+        except KeyError:
+            raise ConfigError(f"the reward model has no head for task {task!r}; it has: "
+                              f"{', '.join(self.tasks) or 'none'}") from None
+
+    def set_normalization(self, gid: str, mean: np.ndarray, std: np.ndarray) -> None:
+        """Fix the feature standardization of an input group (non-continuous features stay as they are)."""
+        cont = self.groups[gid].continuous
+        mean = np.where(cont, mean, 0.0).astype(np.float32)
+        std = np.where(cont, np.maximum(std, 1e-6), 1.0).astype(np.float32)
+        getattr(self, f"norm_mean_{gid}").copy_(torch.from_numpy(mean))
+        getattr(self, f"norm_std_{gid}").copy_(torch.from_numpy(std))
+
+    def normalization(self, gid: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return getattr(self, f"norm_mean_{gid}"), getattr(self, f"norm_std_{gid}")
+
+    def set_label_scale(self, task: str, mean: float, std: float) -> None:
+        """Set the label scale a head's output is mapped to (the head learns standardized labels)."""
+        info = self.head_info(task)
+        info.label_mean, info.label_std = float(mean), float(std if std > 1e-8 else 1.0)
+
+    # ------------------------------------------------------------------ computation
+    def features(self, task: str, obs: Any, action: Any, next_obs: Any, done: Any) -> np.ndarray:
+        """Raw (unnormalized) features of a batch for ``task``'s input group."""
+        return self.group_of(task).features(obs, action, next_obs, done)
+
+    def embed(self, task: str, features: torch.Tensor) -> torch.Tensor:
+        """Shared representation ``z`` of feature rows (normalization, stem, encoder)."""
+        gid = self.head_info(task).group
+        mean, std = self.normalization(gid)
+        return self.encoder(self.stems[gid]((features - mean) / std))
+
+    def forward(self, task: str, features: torch.Tensor) -> torch.Tensor:
+        """Differentiable rewards (label units) of feature rows, shape ``(n,)``."""
+        info = self.head_info(task)
+        out = self.heads[head_key(task)](self.embed(task, features)).squeeze(-1)
+        return out * info.label_std + info.label_mean
+
+    @torch.no_grad()
+    def predict(self, task: str, obs: Any, action: Any, next_obs: Any, done: Any) -> np.ndarray:
+        """Rewards of a batch of transitions (no grad), float32 array of shape ``(n,)``."""
+        feats = self.features(task, obs, action, next_obs, done)
+        return self.forward(task, torch.from_numpy(feats)).numpy().astype(np.float32, copy=False)
+
+    def reward_fn(self, task: str):  # -> rlrm.model.numpy_fn.NumpyRewardFn
+        """A fast NumPy :class:`~rlrm.reward_fn.RewardFn` for ``task`` built from the current weights."""
+        from rlrm.model.numpy_fn import NumpyRewardFn
+
+        return NumpyRewardFn.from_model(self, task)
+
+    # ------------------------------------------------------------------ (de)serialization helpers
+    def describe(self) -> dict[str, Any]:
+        """JSON-friendly description (saved beside the weights)."""
+        return {"config": asdict(self.config), "groups": {g: grp.to_json() for g, grp in self.groups.items()},
+                "tasks": {t: h.to_json() for t, h in self.tasks.items()}, "meta": copy.deepcopy(self.meta)}
+
+    @classmethod
+    def from_description(cls, d: dict[str, Any]) -> RewardModel:
+        """Build an (untrained) model with the structure of :meth:`describe` output."""
+        try:
+            model = cls(ModelConfig(**d["config"]))
+            group_spaces = {g: (sp.space_from_json(v["obs_space"]), sp.space_from_json(v["action_space"]))
+                            for g, v in d["groups"].items()}
+            for name, h in d["tasks"].items():
+                obs_space, act_space = group_spaces[h["group"]]
+                head = model.add_task(Task.from_dict(h["task"]), obs_space, act_space)
+                if head.group != h["group"]:
+                    raise ModelFileError(f"task {name!r}: input group {h['group']!r} does not match its spaces")
+                head.label_mean, head.label_std = float(h["label_mean"]), float(h["label_std"])
+                head.info = dict(h.get("info") or {})
+            model.meta = dict(d.get("meta") or {})
+        except (KeyError, TypeError, ValueError, SpaceError, ConfigError) as err:
+            raise ModelFileError(f"malformed model description: {type(err).__name__}: {err}") from None
+        return model
+
+
+def head_key(task: str) -> str:
+    """ModuleDict keys may not contain '.'; task names may."""
+    return "t_" + task.replace(".", "__dot__")

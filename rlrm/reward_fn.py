@@ -1,0 +1,35 @@
+"""The reward-function protocol: all that wrappers and agents know of a reward model."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from gymnasium import spaces
+
+
+@runtime_checkable
+class RewardFn(Protocol):
+    """A batched reward ``r(obs, action, next_obs, done) -> (n,) float array`` for one task.
+
+    ``obs``/``next_obs``/``action`` are batches with a leading axis (dicts/tuples of arrays for
+    Dict/Tuple spaces); ``done`` is the ``terminated`` flag per transition. ``observation_space`` and
+    ``action_space`` say what the function accepts, so a wrapper can check an env before stepping it.
+    """
+
+    observation_space: spaces.Space
+    action_space: spaces.Space
+
+    def __call__(self, obs: Any, action: Any, next_obs: Any, done: np.ndarray) -> np.ndarray: ...
+
+
+def as_reward_fn(source: Any, task: str | None = None) -> RewardFn:
+    """Turn ``source`` into a :class:`RewardFn`: a RewardFn as-is, or anything with ``reward_fn(task)``
+    (such as :class:`rlrm.model.RewardModel`)."""
+    if hasattr(source, "reward_fn"):
+        if task is None:
+            raise TypeError("a task name is needed to pick the reward head")
+        return source.reward_fn(task)
+    if isinstance(source, RewardFn):
+        return source
+    raise TypeError(f"expected a RewardFn or a reward model, got {type(source).__name__}")

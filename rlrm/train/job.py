@@ -1,0 +1,83 @@
+"""A whole reward-training job: load datasets, train, save the model and ``metrics.json``, log to W&B."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rlrm import atomic
+from rlrm import model as rm
+from rlrm.console import print_table
+from rlrm.data.dataset import TransitionDataset, find_datasets
+from rlrm.errors import ConfigError
+from rlrm.model.network import ModelConfig
+from rlrm.tracking import init_wandb
+from rlrm.train.loop import TrainConfig, TrainResult, train_reward_model
+
+METRIC_COLUMNS = ["task", "n_train", "n_val", "mse", "r2", "spearman", "ranking_acc"]
+
+
+@dataclass
+class WandbOptions:
+    """How to log to W&B (``enabled=False``: not at all)."""
+
+    enabled: bool = False
+    project: str = "rlrm"
+    entity: str | None = None
+    mode: str | None = None
+    group: str | None = None
+
+
+def load_datasets(paths: Sequence[str | os.PathLike], tasks: Sequence[str] = ()) -> list[TransitionDataset]:
+    """Load every dataset under ``paths``, keeping only ``tasks`` if given."""
+    dirs = find_datasets(paths)
+    datasets = [TransitionDataset.load(d) for d in dirs]
+    if tasks:
+        have = {ds.task.name for ds in datasets}
+        missing = [t for t in tasks if t not in have]
+        if missing:
+            raise ConfigError(f"--tasks {missing}: no dataset for these under {list(map(str, paths))}; "
+                              f"found {sorted(have)}")
+        datasets = [ds for ds in datasets if ds.task.name in tasks]
+    return datasets
+
+
+def run(data: Sequence[str | os.PathLike], out: str | os.PathLike, config: TrainConfig,
+        model_config: ModelConfig | None = None, tasks: Sequence[str] = (), init: str | os.PathLike | None = None,
+        wandb: WandbOptions | None = None, progress: bool = True, quiet: bool = False) -> TrainResult:
+    """Train on the datasets under ``data`` and write ``out`` plus ``metrics.json`` beside it.
+
+    :param init: an existing model file to extend (new heads; see ``config.freeze_encoder``).
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"--out {out}: is a directory; expected a model file path such as "
+                          f"{out / 'reward_model.safetensors'}")
+    datasets = load_datasets(data, tasks)
+    base = rm.load(init) if init else None
+    wandb = wandb or WandbOptions()
+    tracker = init_wandb(wandb.enabled, project=wandb.project, mode=wandb.mode, entity=wandb.entity,
+                         group=wandb.group, job_type="train_reward", directory=out.parent,
+                         config={"train": asdict(config), "model": asdict(model_config or ModelConfig()),
+                                 "data": [str(p) for p in data], "tasks": [ds.task.name for ds in datasets]})
+    try:
+        result = train_reward_model(datasets, config, model=base, model_config=model_config, tracker=tracker,
+                                    progress=progress)
+        rm.save(result.model, out)
+        rows = [{"task": t, **m} for t, m in result.metrics.items()]
+        report: dict[str, Any] = {"model": str(out), "best_epoch": result.best_epoch,
+                                  "epochs_run": len(result.history), "seconds": round(result.seconds, 2),
+                                  "transitions_per_s": round(result.transitions_per_s), "tasks": result.metrics}
+        atomic.write_json(out.parent / "metrics.json", report)
+        tracker.summary({f"{t}/{k}": v for t, m in result.metrics.items() for k, v in m.items()})
+        tracker.table("metrics", rows)
+        tracker.artifact(out, name=f"reward-model-{out.stem}", type="reward_model")
+    finally:
+        tracker.finish()
+    if not quiet:
+        print_table(f"Reward model {out} (held-out episodes; best epoch {result.best_epoch}/{len(result.history)})",
+                    rows, METRIC_COLUMNS)
+    return result
