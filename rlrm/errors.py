@@ -27,3 +27,7 @@ class ModelFileError(RlrmError):
 
 class ConfigError(RlrmError):
     """Bad hyperparameters, CLI values or configuration files."""
+
+
+class RewardError(RlrmError):
+    """A learned reward that is not finite, or a reward function that does not fit an env."""

@@ -13,14 +13,14 @@ def mse(pred: np.ndarray, target: np.ndarray) -> float:
 
 
 def r2(pred: np.ndarray, target: np.ndarray) -> float:
-    """Coefficient of determination. A constant target gives 1.0 if predicted exactly (within 1e-6), else 0.0."""
+    """Coefficient of determination; NaN when the target is constant (R² is undefined there: see mse)."""
     target = np.asarray(target, np.float64)
     if not len(target):
         return float("nan")
     ss_res = float(np.sum((np.asarray(pred, np.float64) - target) ** 2))
     ss_tot = float(np.sum((target - target.mean()) ** 2))
     if ss_tot <= 1e-12 * len(target):
-        return 1.0 if ss_res <= 1e-12 * len(target) + 1e-6 * len(target) else 0.0
+        return float("nan")
     return 1.0 - ss_res / ss_tot
 
 

@@ -94,6 +94,9 @@ def space_signature(space: spaces.Space) -> str:
 class SpaceAdapter:
     """Turns batches from one space into ``float32`` arrays of shape ``(n, dim)``.
 
+    Internally each leaf yields a 2-D block (often a view of the input: no copy); the blocks of all
+    inputs are joined by one ``np.concatenate``, which keeps the per-step cost in wrappers small.
+
     :param space: the observation or action space.
     :param name: what the batches are called in error messages (``"obs"``, ``"action"``).
     """
@@ -101,19 +104,35 @@ class SpaceAdapter:
     def __init__(self, space: spaces.Space, name: str = "input") -> None:
         self.space = space
         self.name = name
-        self.dim, self._fn, continuous = _build(space, name)
+        self.dim, self.blocks, continuous = _build(space, name)
         #: True for features that come from Box values (these get standardized), False for 0/1 codes.
         self.continuous = np.asarray(continuous, dtype=bool)
 
     def transform(self, batch: Batch) -> np.ndarray:
         """Return the ``(n, dim)`` float32 features of a batch; raise :class:`SpaceError` on a misfit."""
-        return self._fn(batch)
+        blocks: list[np.ndarray] = []
+        self.blocks(batch, blocks)
+        out = np.empty((batch_len(batch), self.dim), dtype=np.float32)
+        return join_blocks(blocks, out, self.name)
 
     def __repr__(self) -> str:
         return f"SpaceAdapter({self.space!r}, dim={self.dim})"
 
 
-def _build(space: spaces.Space, name: str) -> tuple[int, Callable[[Batch], np.ndarray], list[bool]]:
+#: appends the 2-D feature blocks of a batch to a list
+Blocks = Callable[[Batch, list], None]
+
+
+def join_blocks(blocks: list[np.ndarray], out: np.ndarray, name: str = "inputs") -> np.ndarray:
+    """Concatenate feature blocks column-wise into ``out``; a batch-size mismatch is a :class:`SpaceError`."""
+    try:
+        return np.concatenate(blocks, axis=1, out=out)
+    except ValueError:
+        sizes = sorted({len(b) for b in blocks})
+        raise SpaceError(f"{name}: batches of different lengths {sizes} (expected {len(out)} each)") from None
+
+
+def _build(space: spaces.Space, name: str) -> tuple[int, Blocks, list[bool]]:
     if isinstance(space, spaces.Box):
         return _box(space, name)
     if isinstance(space, spaces.Discrete):
@@ -124,27 +143,27 @@ def _build(space: spaces.Space, name: str) -> tuple[int, Callable[[Batch], np.nd
         shape = tuple(np.atleast_1d(np.asarray(space.n)).tolist())
         dim = int(np.prod(shape))
 
-        def binary(x: Batch) -> np.ndarray:
+        def binary(x: Batch, acc: list) -> None:
             x = _array(x, name, shape)
-            return x.reshape(len(x), dim).astype(np.float32, copy=False)
+            acc.append(x if x.ndim == 2 else x.reshape(len(x), dim))
 
         return dim, binary, [False] * dim
     if isinstance(space, (spaces.Dict, spaces.Tuple)):
         keys = list(space.spaces.keys()) if isinstance(space, spaces.Dict) else list(range(len(space.spaces)))
         parts = [_build(space.spaces[k], f"{name}[{k!r}]") for k in keys]
-        dim = sum(p[0] for p in parts)
-        fns = [p[1] for p in parts]
+        children = [(k, p[1]) for k, p in zip(keys, parts)]
         continuous = [c for p in parts for c in p[2]]
 
-        def composite(x: Batch) -> np.ndarray:
-            try:
-                pieces = [fn(x[k]) for k, fn in zip(keys, fns)]
-            except (KeyError, IndexError, TypeError):
-                raise SpaceError(f"{name}: expected a {type(space).__name__} batch with parts {keys}, "
-                                 f"got {type(x).__name__}") from None
-            return np.concatenate(pieces, axis=1)
+        def composite(x: Batch, acc: list) -> None:
+            for k, blocks in children:
+                try:
+                    part = x[k]
+                except (KeyError, IndexError, TypeError):
+                    raise SpaceError(f"{name}: expected a {type(space).__name__} batch with parts {keys}, "
+                                     f"got {type(x).__name__}") from None
+                blocks(part, acc)
 
-        return dim, composite, continuous
+        return sum(p[0] for p in parts), composite, continuous
     raise SpaceError(f"{name}: unsupported space {space!r}; rlrm adapts Box, Discrete, MultiDiscrete, "
                      "MultiBinary, Dict and Tuple")
 
@@ -156,54 +175,54 @@ def _array(x: Batch, name: str, shape: tuple[int, ...]) -> np.ndarray:
     return x
 
 
-def _box(space: spaces.Box, name: str) -> tuple[int, Callable[[Batch], np.ndarray], list[bool]]:
+def _box(space: spaces.Box, name: str) -> tuple[int, Blocks, list[bool]]:
     shape = tuple(space.shape)
     dim = int(np.prod(shape)) if shape else 1
 
-    def box(x: Batch) -> np.ndarray:
+    def box(x: Batch, acc: list) -> None:
         x = np.asarray(x)
         if x.shape[1:] != shape or x.dtype.kind not in "fiub":
             raise SpaceError(f"{name}: expected a numeric batch of shape (n, {', '.join(map(str, shape))}), "
                              f"got {x.dtype} {x.shape}")
-        return x.reshape(len(x), dim).astype(np.float32, copy=False)
+        acc.append(x if x.ndim == 2 else x.reshape(len(x), dim))
 
     return dim, box, [True] * dim
 
 
-def _discrete(space: spaces.Discrete, name: str) -> tuple[int, Callable[[Batch], np.ndarray], list[bool]]:
+def _discrete(space: spaces.Discrete, name: str) -> tuple[int, Blocks, list[bool]]:
     n, start = int(space.n), int(space.start)
     eye = np.eye(n, dtype=np.float32)
 
-    def one_hot(x: Batch) -> np.ndarray:
+    def one_hot(x: Batch, acc: list) -> None:
         x = np.asarray(x)
         if x.ndim == 2 and x.shape[1] == 1:
             x = x[:, 0]
         if x.ndim != 1 or x.dtype.kind not in "iub":
             raise SpaceError(f"{name}: expected a batch of integers of shape (n,) for {space}, got {x.dtype} {x.shape}")
-        idx = x - start if start else x
-        if idx.size and (idx.min() < 0 or idx.max() >= n):
-            raise SpaceError(f"{name}: values outside {space}: min {x.min()}, max {x.max()}")
-        return eye[idx]
+        idx = (x - start if start else x).astype(np.uintp, copy=False)  # negatives wrap to huge: caught below
+        try:
+            acc.append(eye.take(idx, axis=0))  # ndarray.take: a fraction of fancy indexing's overhead
+        except IndexError:
+            raise SpaceError(f"{name}: values outside {space}: min {x.min()}, max {x.max()}") from None
 
     return n, one_hot, [False] * n
 
 
-def _multi_discrete(space: spaces.MultiDiscrete, name: str) -> tuple[int, Callable[[Batch], np.ndarray], list[bool]]:
+def _multi_discrete(space: spaces.MultiDiscrete, name: str) -> tuple[int, Blocks, list[bool]]:
     nvec = np.asarray(space.nvec).reshape(-1).astype(np.int64)
     start = np.broadcast_to(np.asarray(space.start), space.nvec.shape).reshape(-1).astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(nvec)[:-1]]).astype(np.int64)
     dim = int(nvec.sum())
     shape = tuple(space.nvec.shape)
 
-    def multi_one_hot(x: Batch) -> np.ndarray:
+    def multi_one_hot(x: Batch, acc: list) -> None:
         x = _array(x, name, shape)
-        x = x.reshape(len(x), len(nvec))
-        idx = x.astype(np.int64) - start
+        idx = x.reshape(len(x), len(nvec)).astype(np.int64) - start
         if idx.size and (np.any(idx < 0) or np.any(idx >= nvec)):
             raise SpaceError(f"{name}: values outside {space}")
         out = np.zeros((len(x), dim), dtype=np.float32)
         np.put_along_axis(out, idx + offsets, 1.0, axis=1)
-        return out
+        acc.append(out)
 
     return dim, multi_one_hot, [False] * dim
 
@@ -279,3 +298,25 @@ def batch_len(batch: Batch) -> int:
     if isinstance(batch, tuple):
         return batch_len(batch[0])
     return len(batch)
+
+
+def layout(space: spaces.Space) -> Any:
+    """What an adapter depends on (structure, shapes, category counts) — not Box bounds or float width."""
+    d = space_to_json(space)
+
+    def strip(x: Any) -> Any:
+        if isinstance(x, dict):
+            if x.get("type") == "Box":
+                return {"type": "Box", "shape": x["shape"]}
+            return {k: strip(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [strip(v) for v in x]
+        return x
+
+    return strip(d)
+
+
+def check_compatible(expected: spaces.Space, actual: spaces.Space, what: str) -> None:
+    """Raise :class:`SpaceError` if batches from ``actual`` cannot go through an adapter for ``expected``."""
+    if layout(expected) != layout(actual):
+        raise SpaceError(f"{what}: the env has {actual}, but the reward model expects {expected}")

@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (0: off)")
     p.add_argument("--sampling", choices=SAMPLING, default="balanced")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--encoder", type=cli.csv_ints, default=[256, 256], help="layer widths, e.g. 256,256")
+    p.add_argument("--encoder", type=cli.csv_ints, default=[64, 64], help="encoder widths (default 64,64)")
     p.add_argument("--activation", default="relu")
     p.add_argument("--layer-norm", action="store_true")
     p.add_argument("--inputs", default="obs,action,next_obs", help=f"subset of {','.join(INPUTS)}")

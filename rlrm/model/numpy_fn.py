@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from rlrm import spaces as sp
 from rlrm.model.network import InputGroup, RewardModel, head_key
 
 
@@ -50,16 +51,21 @@ def _layer_norm(module: nn.LayerNorm):
 
 
 class NumpyRewardFn:
-    """``RewardFn`` for one task computed with NumPy (see module docstring)."""
+    """``RewardFn`` for one task computed with NumPy (see module docstring).
 
-    def __init__(self, group: InputGroup, ops: list[tuple[str, Any]], task: str) -> None:
+    Every buffer carries a last column of ones, and every weight matrix a last row holding the bias
+    (and, for hidden layers, a last column that carries the ones forward), so a layer is one ``np.dot``
+    into a preallocated contiguous buffer plus its activation; ReLU keeps the ones column as it is,
+    other activations and LayerNorm are applied to the view without it.
+    """
+
+    def __init__(self, group: InputGroup, layers: list[tuple[np.ndarray, list[Any], bool]], task: str) -> None:
         self.group = group
         self.task = task
         self.observation_space = group.obs_space
         self.action_space = group.action_space
-        self._ops = ops
-        self._widths = [op[0].shape[1] for kind, op in ops if kind == "linear"]
-        self._buffers: tuple[int, list[np.ndarray]] = (-1, [])
+        self._layers = layers  # (augmented weight, post-ops, post-ops need the view without the ones column)
+        self._buffers: tuple[int, np.ndarray, np.ndarray, list[np.ndarray]] = (-1, np.empty(0), np.empty(0), [])
 
     @classmethod
     def from_model(cls, model: RewardModel, task: str) -> NumpyRewardFn:
@@ -68,42 +74,43 @@ class NumpyRewardFn:
         group = model.groups[info.group]
         mean, std = (t.detach().double().numpy() for t in model.normalization(info.group))
         modules = [*model.stems[info.group], *model.encoder]
-        ops: list[tuple[str, Any]] = []
-        first = True
+        layers: list[tuple[np.ndarray, list[Any], bool]] = []
         for m in modules:
             if isinstance(m, nn.Linear):
-                w = m.weight.detach().double().numpy().T.copy()  # (in, out)
-                b = m.bias.detach().double().numpy().copy()
-                if first:  # fold (x - mean) / std into the first layer
+                w = m.weight.detach().double().numpy().T  # (in, out)
+                b = m.bias.detach().double().numpy()
+                if not layers:  # fold (x - mean) / std into the first layer
+                    b = b - (mean / std) @ (w / std[:, None])
                     w = w / std[:, None]
-                    b = b - (mean / std) @ (w * std[:, None])
-                    first = False
-                ops.append(("linear", (w, b)))
-            elif isinstance(m, nn.LayerNorm):
-                ops.append(("fn", _layer_norm(m)))
+                aug = np.zeros((w.shape[0] + 1, w.shape[1] + 1))
+                aug[:-1, :-1], aug[-1, :-1], aug[-1, -1] = w, b, 1.0
+                layers.append((aug, [], False))
             else:
-                ops.append(("fn", _activation(m)))
+                post, relu = layers[-1][1], isinstance(m, nn.ReLU)
+                post.append(_layer_norm(m) if isinstance(m, nn.LayerNorm) else _activation(m))
+                layers[-1] = (layers[-1][0], post, layers[-1][2] or not relu)
         head = model.heads[head_key(task)]
         w = head.weight.detach().double().numpy().T * info.label_std
         b = head.bias.detach().double().numpy() * info.label_std + info.label_mean
-        ops.append(("linear", (w, b)))
-        return cls(group, ops, task)
+        layers.append((np.vstack([w, b[None]]), [], False))
+        return cls(group, layers, task)
 
-    def _bufs(self, n: int) -> list[np.ndarray]:
+    def _bufs(self, n: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         if self._buffers[0] != n:  # one cached batch size: a VecEnv steps with a fixed n
-            self._buffers = (n, [np.empty((n, w)) for w in self._widths])
-        return self._buffers[1]
+            self._buffers = (n, np.empty((n, self.group.dim + 1)), np.ones((n, 1)),
+                             [np.ones((n, w.shape[1])) for w, _, _ in self._layers])
+        return self._buffers[1], self._buffers[2], self._buffers[3]
 
     def __call__(self, obs: Any, action: Any, next_obs: Any, done: Any) -> np.ndarray:
-        x: np.ndarray = self.group.features(obs, action, next_obs, done)
-        bufs = self._bufs(len(x))
-        i = 0
-        for kind, op in self._ops:
-            if kind == "linear":
-                w, b = op
-                x = np.matmul(x, w, out=bufs[i])
-                x += b
-                i += 1
-            else:
-                x = op(x)
+        n = len(action) if type(action) is np.ndarray else sp.batch_len(action)
+        if self._buffers[0] != n:
+            self._bufs(n)
+        _, x, ones, bufs = self._buffers
+        self.group.features(obs, action, next_obs, done, out=x, extra=ones)
+        for (w, post, on_view), out in zip(self._layers, bufs):
+            x = np.dot(x, w, out=out)  # np.dot into a contiguous buffer: far less overhead than matmul
+            if post:
+                v = x[:, :-1] if on_view else x
+                for op in post:
+                    op(v)
         return x[:, 0].astype(np.float32)

@@ -1,0 +1,186 @@
+"""Reward-replacing wrappers. They depend only on the :class:`~rlrm.reward_fn.RewardFn` protocol.
+
+- :class:`LearnedReward`: a ``gymnasium.Wrapper`` for any env.
+- :class:`VecLearnedReward`: an SB3 ``VecEnvWrapper`` with one batched reward call per vector step.
+
+Both return the learned reward and keep the env's own reward in ``info["true_reward"]``. At the end of
+an episode ``info["learned_episode"] = {"r": learned return, "l": length}`` (Monitor's
+``info["episode"]`` keeps the true return when Monitor sits inside the wrapper).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
+
+from rlrm import spaces as sp
+from rlrm.errors import RewardError
+from rlrm.reward_fn import RewardFn, as_reward_fn
+
+
+class RewardTransform:
+    """``alpha * clip(scale * learned) + (1 - alpha) * true``, shared by both wrappers."""
+
+    def __init__(self, scale: float = 1.0, clip: float | None = None, alpha: float = 1.0) -> None:
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        if clip is not None and clip <= 0:
+            raise ValueError(f"clip must be positive, got {clip}")
+        self.scale, self.clip, self.alpha = float(scale), clip, float(alpha)
+        self.identity = self.scale == 1.0 and clip is None and self.alpha == 1.0
+
+    def __call__(self, learned: np.ndarray, true: np.ndarray) -> np.ndarray:
+        if self.identity:
+            return learned
+        r = learned * self.scale if self.scale != 1.0 else learned
+        if self.clip is not None:
+            r = np.clip(r, -self.clip, self.clip)
+        if self.alpha != 1.0:
+            r = self.alpha * r + (1.0 - self.alpha) * np.asarray(true, dtype=np.float32)
+        return r.astype(np.float32, copy=False)
+
+
+def _check_spaces(fn: RewardFn, obs_space: gym.Space, action_space: gym.Space, task: str | None) -> None:
+    label = f"reward for task {task!r}" if task else "reward function"
+    sp.check_compatible(fn.observation_space, obs_space, f"{label}: observation space")
+    sp.check_compatible(fn.action_space, action_space, f"{label}: action space")
+
+
+def _not_finite(values: np.ndarray, task: str | None) -> RewardError:
+    bad = values[~np.isfinite(values)]
+    shown = bad[0] if len(bad) else "overflow"
+    return RewardError(f"the learned reward{f' for task {task!r}' if task else ''} is not finite ({shown}); "
+                       "check the model file and the observations it gets")
+
+
+class LearnedReward(gym.Wrapper):
+    """Replace an env's reward by a learned one.
+
+    :param env: any Gymnasium env whose spaces the reward function accepts.
+    :param reward: a :class:`RewardFn`, or a reward model (anything with ``reward_fn(task)``).
+    :param task: the model head to use (needed with a model).
+    :param scale: multiply the learned reward.
+    :param clip: clip the scaled learned reward to ``[-clip, clip]``.
+    :param alpha: mix ``alpha * learned + (1 - alpha) * true`` (1: learned only).
+    """
+
+    def __init__(self, env: gym.Env, reward: Any, task: str | None = None, scale: float = 1.0,
+                 clip: float | None = None, alpha: float = 1.0) -> None:
+        super().__init__(env)
+        self.reward_fn: RewardFn = as_reward_fn(reward, task)
+        self.task = task
+        _check_spaces(self.reward_fn, env.observation_space, env.action_space, task)
+        self.transform = RewardTransform(scale, clip, alpha)
+        self._obs: Any = None
+        self._return = 0.0
+        self._length = 0
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(**kwargs)
+        self._obs, self._return, self._length = obs, 0.0, 0
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        obs, true_reward, terminated, truncated, info = self.env.step(action)
+        o, a = self.observation_space, self.action_space
+        learned = self.reward_fn(sp.add_batch_dim(o, self._obs), sp.add_batch_dim(a, action),
+                                 sp.add_batch_dim(o, obs), np.array([terminated]))
+        if not np.isfinite(learned[0]):
+            raise _not_finite(learned, self.task)
+        reward = float(self.transform(learned, np.array([true_reward], np.float32))[0])
+        info["true_reward"] = float(true_reward)
+        info["learned_reward"] = float(learned[0])
+        self._return += reward
+        self._length += 1
+        if terminated or truncated:
+            info["learned_episode"] = {"r": self._return, "l": self._length}
+        self._obs = obs
+        return obs, reward, terminated, truncated, info
+
+
+class VecLearnedReward(VecEnvWrapper):
+    """Replace a VecEnv's rewards by a learned one, one batched reward call per step.
+
+    For a transition that ends an episode, ``next_obs`` is ``info["terminal_observation"]`` (the
+    VecEnv has already reset that env). Parameters as in :class:`LearnedReward`.
+    """
+
+    def __init__(self, venv: VecEnv, reward: Any, task: str | None = None, scale: float = 1.0,
+                 clip: float | None = None, alpha: float = 1.0) -> None:
+        super().__init__(venv)
+        self.reward_fn: RewardFn = as_reward_fn(reward, task)
+        self.task = task
+        _check_spaces(self.reward_fn, venv.observation_space, venv.action_space, task)
+        self.transform = RewardTransform(scale, clip, alpha)
+        self._composite = isinstance(venv.observation_space, (gym.spaces.Dict, gym.spaces.Tuple))
+        self._obs: Any = None
+        self._actions: Any = None
+        self._returns = np.zeros(self.num_envs, dtype=np.float64)
+        self._starts = np.zeros(self.num_envs, dtype=np.int64)  # step count at each env's episode start
+        self._t = 0
+
+    def reset(self) -> VecEnvObs:
+        obs = self.venv.reset()
+        self._obs = obs
+        self._returns[:] = 0.0
+        self._starts[:] = self._t
+        return obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = actions
+        self.venv.step_async(actions)
+
+    def step_wait(self) -> VecEnvStepReturn:
+        # The hot path of every vector step: keep the number of numpy calls small.
+        obs, true_rewards, dones, infos = self.venv.step_wait()
+        self._t += 1
+        ended = dones.nonzero()[0]
+        if not len(ended):
+            next_obs, terminated = obs, dones
+        else:
+            next_obs = self._with_terminal_obs(obs, infos, ended)
+            terminated = dones.copy()
+            for i in ended:
+                if infos[i].get("TimeLimit.truncated", False):
+                    terminated[i] = False
+        learned = self.reward_fn(self._obs, self._actions, next_obs, terminated)
+        if not math.isfinite(learned.sum()):
+            raise _not_finite(learned, self.task)
+        rewards = learned if self.transform.identity else self.transform(learned, true_rewards)
+        for info, true in zip(infos, true_rewards.tolist()):
+            info["true_reward"] = true
+        self._returns += rewards
+        if len(ended):
+            for i in ended:
+                infos[i]["learned_episode"] = {"r": float(self._returns[i]), "l": self._t - int(self._starts[i])}
+                self._returns[i] = 0.0
+                self._starts[i] = self._t
+        self._obs = obs
+        return obs, rewards, dones, infos
+
+    def _with_terminal_obs(self, obs: Any, infos: list[dict[str, Any]], done_idx: np.ndarray) -> Any:
+        if self._composite:
+            def copy(x: Any) -> Any:
+                return {k: copy(v) for k, v in x.items()} if isinstance(x, dict) else (
+                    tuple(copy(v) for v in x) if isinstance(x, tuple) else np.array(x, copy=True))
+
+            def put(dst: Any, src: Any, i: int) -> None:
+                for k in (dst.keys() if isinstance(dst, dict) else range(len(dst))):
+                    if isinstance(dst[k], (dict, tuple)):
+                        put(dst[k], src[k], i)
+                    else:
+                        dst[k][i] = src[k]
+
+            out = copy(obs)
+            for i in done_idx:
+                put(out, infos[i]["terminal_observation"], i)
+            return out
+        out = np.array(obs, copy=True)
+        for i in done_idx:
+            out[i] = infos[i]["terminal_observation"]
+        return out
