@@ -28,15 +28,17 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 
 def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None,
-                digits: int = 3) -> None:
+                digits: int = 3, caption: str | None = None) -> None:
     """Print ``rows`` (dicts) as a table with ``columns`` (default: the first row's keys)."""
     columns = list(columns or (rows[0].keys() if rows else []))
-    table = Table(title=title, title_justify="left", header_style="bold")
+    table = Table(title=title, title_justify="left", header_style="bold", caption=caption, caption_justify="left")
     for i, c in enumerate(columns):
         table.add_column(c, justify="left" if i == 0 else "right")
     for r in rows:
         table.add_row(*(fmt(r.get(c), digits) for c in columns))
-    Console(width=max(100, Console().width)).print(table)
+    console = Console()
+    # Off a terminal (CI logs, pipes) rich assumes 80 columns and wraps cells; let the table be as wide as it is.
+    Console(width=console.width if console.is_terminal else 200).print(table)
 
 
 def slug(name: str) -> str:

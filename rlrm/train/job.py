@@ -79,5 +79,5 @@ def run(data: Sequence[str | os.PathLike], out: str | os.PathLike, config: Train
         tracker.finish()
     if not quiet:
         print_table(f"Reward model {out} (held-out episodes; best epoch {result.best_epoch}/{len(result.history)})",
-                    rows, METRIC_COLUMNS)
+                    rows, METRIC_COLUMNS, caption="r2/spearman '-': the labels are constant there (mse tells the fit)")
     return result

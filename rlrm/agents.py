@@ -1,0 +1,303 @@
+"""Agents: the algorithm registry, hyperparameters from ``agents/<algo>.yaml``, env factories, loading.
+
+Env stack (inside out)::
+
+    gym env → Monitor (records the TRUE return: SB3's rollout/ep_rew_mean) → DummyVecEnv
+            → VecLearnedReward (the learned reward; learned return in info["learned_episode"])
+            → VecNormalize (optional; normalizes what the agent sees, saved with the agent)
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.noise import NormalActionNoise
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
+from torch import nn
+
+from rlrm import atomic
+from rlrm.errors import ConfigError
+from rlrm.resources import data_dir
+from rlrm.reward_fn import RewardFn
+from rlrm.tasks import Task
+from rlrm.wrappers import VecLearnedReward
+
+ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC, "a2c": A2C, "td3": TD3, "dqn": DQN}
+OFF_POLICY = {"sac", "td3", "dqn"}
+SPECIAL_KEYS = {"n_timesteps", "n_envs", "policy", "normalize", "policy_kwargs", "action_noise"}
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU,
+               "silu": nn.SiLU}
+
+
+@dataclass
+class AgentSpec:
+    """An algorithm with its hyperparameters for one task, as plain data (JSON-friendly).
+
+    ``kwargs`` go to the algorithm's constructor after :func:`build_kwargs` turns schedule strings
+    (``lin_0.001``), activation names and action-noise specs into objects.
+    """
+
+    algo: str
+    n_timesteps: int
+    n_envs: int = 1
+    policy: str = "MlpPolicy"
+    normalize: dict[str, Any] | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"algo": self.algo, "n_timesteps": self.n_timesteps, "n_envs": self.n_envs, "policy": self.policy,
+                "normalize": self.normalize, "kwargs": self.kwargs}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AgentSpec:
+        return cls(d["algo"], int(d["n_timesteps"]), int(d["n_envs"]), d["policy"], d.get("normalize"),
+                   dict(d.get("kwargs") or {}))
+
+
+def _algo_class(algo: str) -> type[BaseAlgorithm]:
+    try:
+        return ALGOS[algo.lower()]
+    except KeyError:
+        raise ConfigError(f"unknown algorithm {algo!r}; expected one of {', '.join(ALGOS)}") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: hyperparameter file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping of env ids to hyperparameters")
+    return doc
+
+
+def default_algo(task: Task) -> str:
+    """The algorithm ``agents/algos.yaml`` names for the task (by task name, then env id)."""
+    table = _read_yaml(data_dir("agents") / "algos.yaml")
+    return str(table.get(task.name, table.get(task.env_id, table.get("default", "ppo"))))
+
+
+def parse_params(items: Sequence[str]) -> dict[str, Any]:
+    """``["n_steps:64", "policy_kwargs:{net_arch: [32]}"]`` → a dict (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition(":")
+        if not sep or not key.strip():
+            raise ConfigError(f"--params {item!r}: expected key:value")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--params {item!r}: the value is not valid YAML") from None
+    return out
+
+
+def load_spec(algo: str, task: Task, overrides: dict[str, Any] | None = None,
+              hyperparams_dir: str | os.PathLike | None = None) -> AgentSpec:
+    """Hyperparameters for ``algo`` on ``task``: ``default`` ← env id entry ← task-name entry ← overrides.
+
+    Unknown keys (not constructor arguments of the algorithm) are a :class:`ConfigError`.
+    """
+    algo = algo.lower()
+    cls = _algo_class(algo)
+    path = Path(hyperparams_dir or data_dir("agents")) / f"{algo}.yaml"
+    table = _read_yaml(path)
+    params: dict[str, Any] = {}
+    for key in ("default", task.env_id, task.name):
+        entry = table.get(key) or {}
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{path}: entry {key!r}: expected a mapping")
+        params.update(entry)
+    params.update(overrides or {})
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "env", "_init_setup_model"}
+    unknown = sorted(set(params) - allowed - SPECIAL_KEYS)
+    if unknown:
+        raise ConfigError(f"{algo} hyperparameters for {task.name}: unknown key(s) {unknown} "
+                          f"(from {path} or --params); {algo.upper()} accepts {sorted(allowed | SPECIAL_KEYS)}")
+    try:
+        n_timesteps = int(float(params.pop("n_timesteps", 1e6)))
+        n_envs = int(params.pop("n_envs", 1))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{algo} hyperparameters for {task.name}: n_timesteps/n_envs must be numbers "
+                          f"({err})") from None
+    if n_timesteps <= 0 or n_envs <= 0:
+        raise ConfigError(f"{algo} hyperparameters for {task.name}: n_timesteps and n_envs must be positive")
+    normalize = params.pop("normalize", False)
+    if normalize is True:
+        normalize = {}
+    elif normalize is False or normalize is None:
+        normalize = None
+    elif not isinstance(normalize, dict):
+        raise ConfigError(f"{algo} hyperparameters for {task.name}: 'normalize' must be true/false or a mapping")
+    return AgentSpec(algo, n_timesteps, n_envs, str(params.pop("policy", "MlpPolicy")), normalize, params)
+
+
+def _schedule(value: Any, key: str) -> Any:
+    if isinstance(value, str) and value.startswith("lin_"):
+        try:
+            start = float(value[4:])
+        except ValueError:
+            raise ConfigError(f"hyperparameter {key!r}: bad schedule {value!r}; expected lin_<float>") from None
+        return LinearSchedule(start)
+    return value
+
+
+class LinearSchedule:
+    """``progress_remaining * start`` (a picklable SB3 schedule)."""
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+
+    def __call__(self, progress_remaining: float) -> float:
+        return progress_remaining * self.start
+
+
+def build_kwargs(spec: AgentSpec, n_actions: int | None = None) -> dict[str, Any]:
+    """Constructor keyword arguments with schedules, activations and action noise made into objects."""
+    kwargs = {k: _schedule(v, k) for k, v in spec.kwargs.items()}
+    pk = dict(kwargs.pop("policy_kwargs", None) or {})
+    if isinstance(pk.get("activation_fn"), str):
+        name = pk["activation_fn"].lower().removeprefix("nn.")
+        if name not in ACTIVATIONS:
+            raise ConfigError(f"policy_kwargs.activation_fn {pk['activation_fn']!r}: expected one of "
+                              f"{sorted(ACTIVATIONS)}")
+        pk["activation_fn"] = ACTIVATIONS[name]
+    if pk:
+        kwargs["policy_kwargs"] = pk
+    noise = kwargs.pop("action_noise", None)
+    if noise:
+        if not isinstance(noise, dict) or noise.get("type", "normal") != "normal" or n_actions is None:
+            raise ConfigError(f"action_noise {noise!r}: expected {{type: normal, sigma: 0.1}} on a Box action space")
+        sigma = float(noise.get("sigma", 0.1))
+        kwargs["action_noise"] = NormalActionNoise(np.zeros(n_actions), sigma * np.ones(n_actions))
+    return kwargs
+
+
+# --------------------------------------------------------------------------- envs
+def make_vec_env(task: Task, n_envs: int, seed: int, reward: RewardFn | None = None,
+                 normalize: dict[str, Any] | None = None, monitor_dir: str | os.PathLike | None = None,
+                 training: bool = True, reward_kwargs: dict[str, Any] | None = None) -> VecEnv:
+    """The env stack of the module docstring.
+
+    :param reward: a learned reward (``None``: the env's own reward).
+    :param normalize: VecNormalize keyword arguments (``None``: no VecNormalize).
+    :param training: for VecNormalize: update statistics (False for evaluation; reward then unnormalized).
+    """
+    def factory(rank: int) -> Callable[[], Monitor]:
+        def make() -> Monitor:
+            env = task.make_env()
+            filename = None
+            if monitor_dir is not None:
+                Path(monitor_dir).mkdir(parents=True, exist_ok=True)
+                filename = str(Path(monitor_dir) / f"env{rank}")
+            return Monitor(env, filename=filename)
+        return make
+
+    venv: VecEnv = DummyVecEnv([factory(i) for i in range(n_envs)])
+    venv.seed(seed)
+    if reward is not None:
+        venv = VecLearnedReward(venv, reward, task.name, **(reward_kwargs or {}))
+    if normalize is not None:
+        opts = dict(normalize)
+        if not training:
+            opts["norm_reward"] = False  # evaluation reports unnormalized returns
+        venv = VecNormalize(venv, training=training, **opts)
+    return venv
+
+
+# --------------------------------------------------------------------------- VecNormalize statistics as JSON
+def save_vecnormalize(venv: VecNormalize, path: str | os.PathLike) -> None:
+    """Save VecNormalize statistics as JSON (no pickle)."""
+    def rms(r: Any) -> Any:
+        if isinstance(r, dict):
+            return {k: rms(v) for k, v in r.items()}
+        return {"mean": np.asarray(r.mean).tolist(), "var": np.asarray(r.var).tolist(), "count": float(r.count)}
+
+    atomic.write_json(path, {"obs_rms": rms(venv.obs_rms) if venv.norm_obs else None, "ret_rms": rms(venv.ret_rms),
+                             "clip_obs": venv.clip_obs, "clip_reward": venv.clip_reward, "gamma": venv.gamma,
+                             "epsilon": venv.epsilon, "norm_obs": venv.norm_obs, "norm_reward": venv.norm_reward})
+
+
+def load_vecnormalize(venv: VecNormalize, path: str | os.PathLike) -> None:
+    """Load statistics written by :func:`save_vecnormalize` into ``venv``."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read VecNormalize statistics: {err}") from None
+
+    def put(r: Any, v: Any) -> None:
+        if isinstance(r, dict):
+            for k in r:
+                put(r[k], v[k])
+        else:
+            r.mean, r.var, r.count = np.asarray(v["mean"]), np.asarray(v["var"]), float(v["count"])
+
+    if d.get("obs_rms") is not None and venv.norm_obs:
+        put(venv.obs_rms, d["obs_rms"])
+    put(venv.ret_rms, d["ret_rms"])
+
+
+def sync_normalization(source: VecEnv, target: VecEnv) -> None:
+    """Copy observation statistics from a training VecNormalize to an evaluation one (if both exist)."""
+    if isinstance(source, VecNormalize) and isinstance(target, VecNormalize):
+        target.obs_rms = _copy_rms(source.obs_rms)
+        target.ret_rms = _copy_rms(source.ret_rms)
+
+
+def _copy_rms(r: Any) -> Any:
+    import copy
+
+    return copy.deepcopy(r)
+
+
+# --------------------------------------------------------------------------- agent files
+def detect_algo(path: str | os.PathLike) -> str:
+    """The algorithm of a saved agent: from ``config.json`` beside it (rlrm run) or the zip's policy class."""
+    path = Path(path)
+    for cfg in (path.parent / "config.json", path.parent.parent / "config.json"):
+        if cfg.exists():
+            try:
+                return str(json.loads(cfg.read_text())["agent"]["algo"])
+            except (KeyError, TypeError, json.JSONDecodeError):
+                pass
+    try:
+        with zipfile.ZipFile(path) as zf:
+            data = json.loads(zf.read("data"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: agent file not found") from None
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError):
+        raise ConfigError(f"{path}: not a Stable-Baselines3 agent file (.zip)") from None
+    module = str((data.get("policy_class") or {}).get("__module__", ""))
+    for name in ALGOS:
+        if f".{name}." in module or module.endswith(f".{name}"):
+            return name
+    raise ConfigError(f"{path}: cannot tell the algorithm of this agent (policy module {module!r})")
+
+
+def load_agent(path: str | os.PathLike, env: VecEnv | None = None, algo: str | None = None) -> BaseAlgorithm:
+    """Load a saved SB3 agent; with ``env``, check that its spaces match (a clear error if not)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: agent file not found")
+    cls = _algo_class(algo or detect_algo(path))
+    try:
+        return cls.load(str(path), env=env, device="cpu")
+    except ValueError as err:
+        if "spaces do not match" in str(err).lower() or "space" in str(err).lower():
+            raise ConfigError(f"{path}: the agent was trained on another env: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"{path}: cannot load agent: {str(err).splitlines()[0]}") from None
+    except (zipfile.BadZipFile, KeyError, EOFError) as err:
+        raise ConfigError(f"{path}: not a readable agent file ({type(err).__name__})") from None
