@@ -36,6 +36,7 @@ from rlrm.wrappers import VecLearnedReward
 
 ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC, "a2c": A2C, "td3": TD3, "dqn": DQN}
 OFF_POLICY = {"sac", "td3", "dqn"}
+RESERVED = {"self", "env", "_init_setup_model", "seed", "device", "verbose", "tensorboard_log"}  # set by rlrm
 SPECIAL_KEYS = {"n_timesteps", "n_envs", "policy", "normalize", "policy_kwargs", "action_noise"}
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU,
                "silu": nn.SiLU}
@@ -122,11 +123,15 @@ def load_spec(algo: str, task: Task, overrides: dict[str, Any] | None = None,
             raise ConfigError(f"{path}: entry {key!r}: expected a mapping")
         params.update(entry)
     params.update(overrides or {})
-    allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "env", "_init_setup_model"}
+    signature = inspect.signature(cls.__init__).parameters
+    allowed = set(signature) - RESERVED
     unknown = sorted(set(params) - allowed - SPECIAL_KEYS)
     if unknown:
         raise ConfigError(f"{algo} hyperparameters for {task.name}: unknown key(s) {unknown} "
                           f"(from {path} or --params); {algo.upper()} accepts {sorted(allowed | SPECIAL_KEYS)}")
+    for key, value in params.items():
+        default = signature[key].default if key in signature else None
+        _check_type(f"{algo} hyperparameters for {task.name}: {key!r}", value, default)
     try:
         n_timesteps = int(float(params.pop("n_timesteps", 1e6)))
         n_envs = int(params.pop("n_envs", 1))
@@ -143,6 +148,22 @@ def load_spec(algo: str, task: Task, overrides: dict[str, Any] | None = None,
     elif not isinstance(normalize, dict):
         raise ConfigError(f"{algo} hyperparameters for {task.name}: 'normalize' must be true/false or a mapping")
     return AgentSpec(algo, n_timesteps, n_envs, str(params.pop("policy", "MlpPolicy")), normalize, params)
+
+
+def _check_type(where: str, value: Any, default: Any) -> None:
+    """Numbers where the algorithm's default is a number (schedules ``lin_x`` and ``auto`` allowed)."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    elif isinstance(default, (int, float)) and not isinstance(value, (int, float)):
+        if isinstance(value, str) and (value.startswith("lin_") or value.startswith("auto")):
+            return
+        if isinstance(value, list) and isinstance(default, int):  # e.g. train_freq: [1, episode]
+            return
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    elif isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float) \
+            and not value.is_integer():
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
 
 
 def _schedule(value: Any, key: str) -> Any:
@@ -184,6 +205,21 @@ def build_kwargs(spec: AgentSpec, n_actions: int | None = None) -> dict[str, Any
         sigma = float(noise.get("sigma", 0.1))
         kwargs["action_noise"] = NormalActionNoise(np.zeros(n_actions), sigma * np.ones(n_actions))
     return kwargs
+
+
+def check_spec(task: Task, spec: AgentSpec) -> None:
+    """Build the agent once on a plain env to catch bad hyperparameter values early (:class:`ConfigError`)."""
+    venv = DummyVecEnv([task.make_env])
+    try:
+        kwargs = build_kwargs(spec, int(np.prod(venv.action_space.shape)) if venv.action_space.shape else None)
+        if "buffer_size" in kwargs:
+            kwargs["buffer_size"] = 16  # the size is checked, not allocated
+        try:
+            _algo_class(spec.algo)(spec.policy, venv, device="cpu", verbose=0, **kwargs)
+        except (TypeError, ValueError, AssertionError, KeyError) as err:
+            raise ConfigError(f"{spec.algo} hyperparameters for {task.name}: {str(err).splitlines()[0]}") from None
+    finally:
+        venv.close()
 
 
 # --------------------------------------------------------------------------- envs

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rlrm import atomic, cli
-from rlrm.agents import default_algo, load_spec, parse_params
+from rlrm.agents import check_spec, default_algo, load_spec, parse_params
 from rlrm.console import fmt, print_table, slug
 from rlrm.data.collect import collect
 from rlrm.errors import ConfigError
@@ -136,14 +136,18 @@ def table_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(args: argparse.Namespace) -> int:
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops like Ctrl-C: checkpoint saved, resumable
     catalog = load_catalog(args.tasks_file)
     builtin_default = not args.tasks and not args.suite
     tasks = catalog.resolve(args.tasks, args.suite or (["default"] if builtin_default else []))
     baseline = args.baseline if args.baseline is not None else builtin_default
     for t in tasks:  # fail fast on bad hyperparameters before any long step
-        load_spec(args.algo or default_algo(t), t, parse_params(args.params), args.hyperparams_dir)
+        check_spec(t, load_spec(args.algo or default_algo(t), t, parse_params(args.params), args.hyperparams_dir))
     args.output_dir.mkdir(parents=True, exist_ok=True)
     group = f"train_agent-{time.strftime('%Y%m%d-%H%M%S')}"
     wandb = job.WandbOptions(args.wandb, args.wandb_project, args.wandb_entity, args.wandb_mode, group)

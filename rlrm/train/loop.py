@@ -188,6 +188,10 @@ def train_reward_model(datasets: Sequence[TransitionDataset], config: TrainConfi
         model.eval()
         val = _val_losses(model, data, scales)
         row = {"epoch": epoch, "train/loss": running / steps, **{f"val/{k}/loss": v for k, v in val.items()}}
+        for d in data:  # R² from the same numbers: mse = loss * scale², R² = 1 - mse / var(labels)
+            var = float(d.y_val.var(unbiased=False)) if len(d.y_val) else 0.0
+            if d.name in val and var > 1e-12:
+                row[f"val/{d.name}/r2"] = 1.0 - val[d.name] * scales[d.name] ** 2 / var
         val_loss = float(np.mean(list(val.values()))) if val else row["train/loss"]
         row["val/loss"] = val_loss
         history.append(row)
