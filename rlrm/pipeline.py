@@ -95,5 +95,5 @@ def table_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                      "true return": f"{fmt(r['true_mean'], 1)} ± {fmt(r['true_std'], 1)}",
                      "learned return": fmt(r["learned_mean"], 1) if not math.isnan(r["learned_mean"]) else "-",
                      "baseline true return": f"{fmt(b['true_mean'], 1)} ± {fmt(b['true_std'], 1)}" if b else "-",
-                     "train s": round(float(r.get("train_seconds", float("nan"))), 1)})
+                     "train s": f"{float(r.get('train_seconds', float('nan'))):.1f}"})
     return rows

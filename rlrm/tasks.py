@@ -50,6 +50,7 @@ class Task:
     def make_env(self, **kwargs: Any) -> gym.Env:
         """Create the env (``render_mode`` etc. may be passed through ``kwargs``)."""
         ensure_registered(self.env_id)
+        _route_mujoco_warnings(self.env_id)
         options = {**self.env_kwargs, **kwargs}
         if self.max_episode_steps is not None:
             options["max_episode_steps"] = self.max_episode_steps
@@ -69,6 +70,29 @@ class Task:
         if not isinstance(d, dict) or "name" not in d:
             raise TaskError(f"{where}: expected a mapping with a 'name', got {d!r}")
         return _parse_task(d["name"], {k: v for k, v in d.items() if k != "name"}, where)
+
+
+_MUJOCO_ROUTED = False
+
+
+def _route_mujoco_warnings(env_id: str) -> None:
+    """MuJoCo writes warnings to ./MUJOCO_LOG.TXT (into whatever folder you run from); send them to Python's
+    ``warnings`` instead, once, before the first MuJoCo env is built."""
+    global _MUJOCO_ROUTED
+    if _MUJOCO_ROUTED:
+        return
+    try:
+        entry = str(gym.spec(env_id.split(":", 1)[-1]).entry_point)
+    except gym.error.Error:
+        return
+    if "mujoco" not in entry:
+        return
+    import warnings
+
+    import mujoco
+
+    mujoco.set_mju_user_warning(lambda msg: warnings.warn(f"MuJoCo: {msg}", RuntimeWarning, stacklevel=2))
+    _MUJOCO_ROUTED = True
 
 
 def ensure_registered(env_id: str) -> None:
