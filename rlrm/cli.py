@@ -21,6 +21,7 @@ def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.Argum
 
     :return: the process exit code (0 on success).
     """
+    quiet_third_party()
     args = parser.parse_args(argv)
     try:
         return int(main(args) or 0)

@@ -114,7 +114,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def entry(argv: Sequence[str] | None = None) -> int:
-    cli.quiet_third_party()
+    """Run the CLI with ``argv`` (default: ``sys.argv``); returns the exit code."""
     return cli.run(main, build_parser(), argv)
 
 
