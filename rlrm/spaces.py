@@ -199,11 +199,10 @@ def _discrete(space: spaces.Discrete, name: str) -> tuple[int, Blocks, list[bool
             x = x[:, 0]
         if x.ndim != 1 or x.dtype.kind not in "iub":
             raise SpaceError(f"{name}: expected a batch of integers of shape (n,) for {space}, got {x.dtype} {x.shape}")
-        idx = (x - start if start else x).astype(np.uintp, copy=False)  # negatives wrap to huge: caught below
-        try:
-            acc.append(eye.take(idx, axis=0))  # ndarray.take: a fraction of fancy indexing's overhead
-        except IndexError:
-            raise SpaceError(f"{name}: values outside {space}: min {x.min()}, max {x.max()}") from None
+        idx = x - start if start else x
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise SpaceError(f"{name}: values outside {space}: min {x.min()}, max {x.max()}")
+        acc.append(eye.take(idx, axis=0))  # ndarray.take: a fraction of fancy indexing's overhead
 
     return n, one_hot, [False] * n
 

@@ -136,11 +136,12 @@ class VecLearnedReward(VecEnvWrapper):
         self.venv.step_async(actions)
 
     def step_wait(self) -> VecEnvStepReturn:
-        # The hot path of every vector step: keep the number of numpy calls small.
+        # The hot path of every vector step: keep the number of numpy calls small (each costs ~0.5-1 us,
+        # the env step of 8 classic-control envs ~70 us).
         obs, true_rewards, dones, infos = self.venv.step_wait()
         self._t += 1
-        ended = dones.nonzero()[0]
-        if not len(ended):
+        ended = dones.nonzero()[0].tolist()
+        if not ended:
             next_obs, terminated = obs, dones
         else:
             next_obs = self._with_terminal_obs(obs, infos, ended)
@@ -149,17 +150,20 @@ class VecLearnedReward(VecEnvWrapper):
                 if infos[i].get("TimeLimit.truncated", False):
                     terminated[i] = False
         learned = self.reward_fn(self._obs, self._actions, next_obs, terminated)
-        if not math.isfinite(learned.sum()):
+        # finite iff every value is: a Python (float64) sum propagates NaN/inf, and is cheaper than ndarray.sum
+        if not math.isfinite(sum(learned.tolist())):
             raise _not_finite(learned, self.task)
         rewards = learned if self.transform.identity else self.transform(learned, true_rewards)
         for info, true in zip(infos, true_rewards.tolist()):
             info["true_reward"] = true
-        self._returns += rewards
-        if len(ended):
+        returns = self._returns
+        returns += rewards
+        if ended:
+            t, starts = self._t, self._starts
             for i in ended:
-                infos[i]["learned_episode"] = {"r": float(self._returns[i]), "l": self._t - int(self._starts[i])}
-                self._returns[i] = 0.0
-                self._starts[i] = self._t
+                infos[i]["learned_episode"] = {"r": float(returns[i]), "l": t - int(starts[i])}
+                returns[i] = 0.0
+                starts[i] = t
         self._obs = obs
         return obs, rewards, dones, infos
 

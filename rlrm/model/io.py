@@ -53,7 +53,9 @@ def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         header = json.loads(data[8:8 + header_len])
         desc = json.loads(header["__metadata__"][META_KEY])
     except (KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError):
-        raise ModelFileError(f"{path}: a safetensors file, but not an rlrm reward model (no 'rlrm' metadata)") from None
+        desc = None
+    if not isinstance(desc, dict):
+        raise ModelFileError(f"{path}: a safetensors file, but not an rlrm reward model (no 'rlrm' metadata)")
     if desc.get("format") != FORMAT:
         raise ModelFileError(f"{path}: field 'format': expected {FORMAT!r}, got {desc.get('format')!r}")
     version = desc.get("format_version")
