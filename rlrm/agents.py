@@ -209,7 +209,7 @@ def build_kwargs(spec: AgentSpec, n_actions: int | None = None) -> dict[str, Any
 
 def check_spec(task: Task, spec: AgentSpec) -> None:
     """Build the agent once on a plain env to catch bad hyperparameter values early (:class:`ConfigError`)."""
-    venv = DummyVecEnv([task.make_env])
+    venv = DummyVecEnv([task.make_env] * spec.n_envs)
     try:
         kwargs = build_kwargs(spec, int(np.prod(venv.action_space.shape)) if venv.action_space.shape else None)
         if "buffer_size" in kwargs:
@@ -317,6 +317,8 @@ def detect_algo(path: str | os.PathLike) -> str:
     except (zipfile.BadZipFile, KeyError, json.JSONDecodeError):
         raise ConfigError(f"{path}: not a Stable-Baselines3 agent file (.zip)") from None
     module = str((data.get("policy_class") or {}).get("__module__", ""))
+    if module.endswith("common.policies"):  # PPO and A2C share ActorCriticPolicy: tell them by their data
+        return "ppo" if "clip_range" in data else "a2c"
     for name in ALGOS:
         if f".{name}." in module or module.endswith(f".{name}"):
             return name

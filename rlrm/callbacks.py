@@ -54,8 +54,8 @@ class TrueRewardEval(BaseCallback):
         self._env: VecEnv | None = None
 
     def _on_training_start(self) -> None:
-        done = self.num_timesteps
-        self._next = (done // self.eval_freq + 1) * self.eval_freq
+        if self.eval_freq > 0:
+            self._next = (self.num_timesteps // self.eval_freq + 1) * self.eval_freq
 
     def _on_step(self) -> bool:
         if self.eval_freq > 0 and self._next is not None and self.num_timesteps >= self._next:
@@ -94,7 +94,8 @@ class Checkpoint(BaseCallback):
         self._next: int | None = None
 
     def _on_training_start(self) -> None:
-        self._next = (self.num_timesteps // self.freq + 1) * self.freq
+        if self.freq > 0:
+            self._next = (self.num_timesteps // self.freq + 1) * self.freq
 
     def _on_step(self) -> bool:
         if self._next is not None and self.num_timesteps >= self._next:

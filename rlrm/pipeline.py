@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +83,11 @@ def plan_runs(tasks: Sequence[Task], reward_model: Path | None, opts: PlanOption
     return specs
 
 
+def _num(value: Any) -> float:
+    """A stored number (``None`` in JSON for NaN) as a float."""
+    return float("nan") if value is None else float(value)
+
+
 def table_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows for the final table: each learned-reward run with the true-reward baseline's return beside it."""
     base = {(r["task"], r["algo"], r["seed"]): r for r in results if r["reward"] == "true"}
@@ -92,8 +96,9 @@ def table_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         b = base.get((r["task"], r["algo"], r["seed"])) if r["reward"] == "learned" else None
         rows.append({"task": r["task"], "algo": r["algo"], "seed": r["seed"], "reward": r["reward"],
                      "timesteps": r["timesteps"],
-                     "true return": f"{fmt(r['true_mean'], 1)} ± {fmt(r['true_std'], 1)}",
-                     "learned return": fmt(r["learned_mean"], 1) if not math.isnan(r["learned_mean"]) else "-",
-                     "baseline true return": f"{fmt(b['true_mean'], 1)} ± {fmt(b['true_std'], 1)}" if b else "-",
+                     "true return": f"{fmt(_num(r['true_mean']), 1)} ± {fmt(_num(r['true_std']), 1)}",
+                     "learned return": fmt(_num(r["learned_mean"]), 1),
+                     "baseline true return": f"{fmt(_num(b['true_mean']), 1)} ± {fmt(_num(b['true_std']), 1)}"
+                     if b else "-",
                      "train s": f"{float(r.get('train_seconds', float('nan'))):.1f}"})
     return rows

@@ -68,8 +68,11 @@ class RunSpec:
             raise ConfigError(f"reward source {self.reward!r}: expected 'true' or 'learned'")
         if self.reward == "learned" and not self.reward_model:
             raise ConfigError(f"task {self.task.name!r}: a learned-reward run needs a reward model file")
-        if self.reward_model and not self.reward_model_sha256:
-            self.reward_model_sha256 = file_sha256(self.reward_model)
+        if self.reward_model:
+            # absolute, so a run folder can be evaluated or resumed from any working directory
+            self.reward_model = str(Path(self.reward_model).resolve())
+            if not self.reward_model_sha256:
+                self.reward_model_sha256 = file_sha256(self.reward_model)
 
     @property
     def name(self) -> str:
