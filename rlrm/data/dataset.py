@@ -1,0 +1,289 @@
+"""``TransitionDataset``: one task's labeled transitions, and its on-disk format.
+
+On disk a dataset is a directory::
+
+    manifest.json       format + version, rlrm version, task, spaces, label source, counts, fields
+    obs.npy ...         one .npy per field; Dict/Tuple spaces store one file per leaf (obs.pos.npy)
+    action.npy  next_obs.npy  terminated.npy  truncated.npy  label.npy  env_reward.npy
+    episode.npy (int64)  step.npy (int32)
+
+Rows are sorted by (episode, step). Arrays are plain ``.npy`` read with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+import rlrm
+from rlrm import atomic
+from rlrm import spaces as sp
+from rlrm.errors import DatasetError, SpaceError
+from rlrm.tasks import Task
+
+FORMAT = "rlrm.transitions"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SCALAR_FIELDS = {"terminated": np.bool_, "truncated": np.bool_, "label": np.float32, "env_reward": np.float32,
+                 "episode": np.int64, "step": np.int32}
+
+
+@dataclass
+class TransitionDataset:
+    """Labeled transitions of one task, sorted by (episode, step).
+
+    ``obs``/``action``/``next_obs`` are batches (arrays with a leading axis; dicts/tuples of them for
+    Dict/Tuple spaces). ``label`` is what the reward model learns; ``env_reward`` is the env's own reward.
+    """
+
+    task: Task
+    obs_space: spaces.Space
+    action_space: spaces.Space
+    obs: sp.Batch
+    action: sp.Batch
+    next_obs: sp.Batch
+    terminated: np.ndarray
+    truncated: np.ndarray
+    label: np.ndarray
+    env_reward: np.ndarray
+    episode: np.ndarray
+    step: np.ndarray
+    label_source: str = "env"
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    @property
+    def done(self) -> np.ndarray:
+        """``terminated | truncated``."""
+        return self.terminated | self.truncated
+
+    @property
+    def n_episodes(self) -> int:
+        """Number of distinct episode ids."""
+        return len(np.unique(self.episode))
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_arrays(cls, task: Task, obs_space: spaces.Space, action_space: spaces.Space, *, obs: sp.Batch,
+                    action: sp.Batch, next_obs: sp.Batch, terminated: Any, truncated: Any, episode: Any, step: Any,
+                    env_reward: Any = None, label: Any = None, label_source: str = "env",
+                    info: dict[str, Any] | None = None) -> TransitionDataset:
+        """Build, sort by (episode, step) and validate a dataset from arrays."""
+        n = len(np.asarray(terminated))
+        env_reward = np.zeros(n, np.float32) if env_reward is None else np.asarray(env_reward, np.float32)
+        label = env_reward.copy() if label is None else np.asarray(label, np.float32)
+        ds = cls(task, obs_space, action_space, obs, action, next_obs, np.asarray(terminated, bool),
+                 np.asarray(truncated, bool), label.reshape(-1), env_reward.reshape(-1),
+                 np.asarray(episode, np.int64), np.asarray(step, np.int32), label_source, dict(info or {}))
+        order = np.lexsort((ds.step, ds.episode))
+        if not np.all(order[1:] >= order[:-1]):
+            ds = ds.subset(order)
+        ds.validate("<memory>")
+        return ds
+
+    def subset(self, index: Any) -> TransitionDataset:
+        """Rows picked by a mask, slice or index array (order kept)."""
+        return replace(self, obs=sp.select(self.obs, index), action=sp.select(self.action, index),
+                       next_obs=sp.select(self.next_obs, index), terminated=self.terminated[index],
+                       truncated=self.truncated[index], label=self.label[index], env_reward=self.env_reward[index],
+                       episode=self.episode[index], step=self.step[index])
+
+    def with_labels(self, label: np.ndarray, source: str) -> TransitionDataset:
+        """A copy with new labels (checked: shape ``(n,)``, finite)."""
+        label = np.asarray(label, dtype=np.float32).reshape(-1) if np.ndim(label) else np.asarray(label)
+        if label.shape != (len(self),):
+            raise DatasetError(f"labels from {source}: expected shape ({len(self)},), got {label.shape}")
+        bad = ~np.isfinite(label)
+        if bad.any():
+            raise DatasetError(f"labels from {source}: {int(bad.sum())} non-finite value(s), first at row "
+                               f"{int(np.argmax(bad))} (episode {self.episode[np.argmax(bad)]})")
+        return replace(self, label=label, label_source=source)
+
+    def split_by_episode(self, val_frac: float, seed: int = 0) -> tuple[TransitionDataset, TransitionDataset]:
+        """Split into (train, validation) by whole episodes, never by transition (neighbours leak)."""
+        eps = np.unique(self.episode)
+        if not 0.0 <= val_frac < 1.0:
+            raise DatasetError(f"val_frac must be in [0, 1), got {val_frac}")
+        n_val = round(len(eps) * val_frac)
+        if val_frac > 0 and len(eps) >= 2:
+            n_val = min(max(n_val, 1), len(eps) - 1)
+        val_eps = np.random.default_rng(seed).permutation(eps)[:n_val]
+        in_val = np.isin(self.episode, val_eps)
+        return self.subset(~in_val), self.subset(in_val)
+
+    def episode_returns(self, values: np.ndarray | None = None, complete_only: bool = True) -> np.ndarray:
+        """Per-episode sums of ``values`` (default: labels), over episodes that ended if any did."""
+        values = self.label if values is None else values
+        ids, start = np.unique(self.episode, return_index=True)
+        sums = np.add.reduceat(values.astype(np.float64), start) if len(start) else np.zeros(0)
+        if complete_only:
+            ends = np.r_[start[1:], len(self)] - 1
+            complete = self.done[ends] if len(ends) else np.zeros(0, bool)
+            if complete.sum() >= 2:
+                return sums[complete]
+        return sums
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, where: str) -> None:
+        """Check shapes against the spaces, finite labels, consistent episode ids; raise :class:`DatasetError`."""
+        n = len(self.label)
+        for name, value in (("terminated", self.terminated), ("truncated", self.truncated),
+                            ("env_reward", self.env_reward), ("episode", self.episode), ("step", self.step)):
+            if np.shape(value) != (n,):
+                raise DatasetError(f"{where}: field {name!r}: expected shape ({n},), got {np.shape(value)}")
+        for prefix, space, batch in (("obs", self.obs_space, self.obs), ("action", self.action_space, self.action),
+                                     ("next_obs", self.obs_space, self.next_obs)):
+            try:
+                arrays = sp.split(space, batch, prefix)
+            except (KeyError, IndexError, TypeError):
+                raise DatasetError(f"{where}: field {prefix!r} does not have the structure of {space}") from None
+            for leaf, leaf_space in sp.leaves(space, prefix):
+                _check_leaf(where, leaf, arrays[leaf], leaf_space, n)
+        bad = ~np.isfinite(self.label)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DatasetError(f"{where}: field 'label': {int(bad.sum())} non-finite value(s) (NaN/inf), first at row "
+                               f"{i} (episode {self.episode[i]}, step {self.step[i]}); labels must be finite")
+        if n > 1:
+            same = self.episode[1:] == self.episode[:-1]
+            if np.any(self.episode[1:] < self.episode[:-1]) or np.any(same & (self.step[1:] != self.step[:-1] + 1)):
+                raise DatasetError(f"{where}: fields 'episode'/'step': rows must be sorted by episode with steps "
+                                   "increasing by 1 inside an episode")
+            if np.any(same & self.done[:-1]):
+                i = int(np.argmax(same & self.done[:-1]))
+                raise DatasetError(f"{where}: field 'terminated'/'truncated': episode {self.episode[i]} ends at "
+                                   f"step {self.step[i]} but continues after it")
+
+    # ------------------------------------------------------------------ disk format
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the dataset directory atomically (a temp directory renamed into place)."""
+        path = Path(path)
+        fields: dict[str, Any] = {}
+        with atomic.directory(path) as tmp:
+            arrays: dict[str, np.ndarray] = {}
+            arrays.update(sp.split(self.obs_space, self.obs, "obs"))
+            arrays.update(sp.split(self.action_space, self.action, "action"))
+            arrays.update(sp.split(self.obs_space, self.next_obs, "next_obs"))
+            for name, dtype in SCALAR_FIELDS.items():
+                arrays[name] = np.asarray(getattr(self, name), dtype=dtype)
+            for name, arr in arrays.items():
+                arr = np.ascontiguousarray(arr)
+                np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
+                fields[name] = {"file": f"{name}.npy", "dtype": str(arr.dtype), "shape": list(arr.shape)}
+            manifest = {
+                "format": FORMAT, "format_version": FORMAT_VERSION, "rlrm_version": rlrm.__version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "task": self.task.to_dict(),
+                "obs_space": sp.space_to_json(self.obs_space), "action_space": sp.space_to_json(self.action_space),
+                "label_source": self.label_source, "n_transitions": len(self), "n_episodes": self.n_episodes,
+                "fields": fields, "info": self.info,
+            }
+            atomic.write_json(tmp / MANIFEST, manifest)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, mmap: bool = False) -> TransitionDataset:
+        """Read and validate a dataset directory; errors name the file and field.
+
+        :param mmap: memory-map the arrays instead of reading them (for datasets larger than memory).
+        """
+        path = Path(path)
+        manifest = read_manifest(path)
+        where = str(path)
+        try:
+            task = Task.from_dict(manifest["task"], f"{path / MANIFEST}: field 'task'")
+            obs_space = sp.space_from_json(manifest["obs_space"])
+            action_space = sp.space_from_json(manifest["action_space"])
+            fields = manifest["fields"]
+            n = int(manifest["n_transitions"])
+        except KeyError as err:
+            raise DatasetError(f"{path / MANIFEST}: missing field {err}") from None
+        except SpaceError as err:
+            raise DatasetError(f"{path / MANIFEST}: {err}") from None
+        names = [leaf for s, p in ((obs_space, "obs"), (action_space, "action"), (obs_space, "next_obs"))
+                 for leaf, _ in sp.leaves(s, p)] + list(SCALAR_FIELDS)
+        arrays: dict[str, np.ndarray] = {}
+        for name in names:
+            if name not in fields:
+                raise DatasetError(f"{path / MANIFEST}: field {name!r} missing from 'fields'")
+            file = path / fields[name]["file"]
+            try:
+                arr = np.load(file, allow_pickle=False, mmap_mode="r" if mmap else None)
+            except FileNotFoundError:
+                raise DatasetError(f"{file}: file missing (field {name!r})") from None
+            except (ValueError, OSError, EOFError) as err:
+                raise DatasetError(f"{file}: not a readable .npy array (field {name!r}): {err}") from None
+            if len(arr) != n:
+                raise DatasetError(f"{file}: field {name!r} has {len(arr)} rows, manifest says {n}")
+            arrays[name] = arr
+        for name, dtype in SCALAR_FIELDS.items():
+            if arrays[name].dtype != np.dtype(dtype):
+                raise DatasetError(f"{path / fields[name]['file']}: field {name!r}: expected dtype "
+                                   f"{np.dtype(dtype)}, got {arrays[name].dtype}")
+        ds = cls(task, obs_space, action_space, sp.join(obs_space, arrays, "obs"),
+                 sp.join(action_space, arrays, "action"), sp.join(obs_space, arrays, "next_obs"),
+                 arrays["terminated"], arrays["truncated"], arrays["label"], arrays["env_reward"],
+                 arrays["episode"], arrays["step"], str(manifest.get("label_source", "env")),
+                 dict(manifest.get("info") or {}))
+        ds.validate(where)
+        return ds
+
+
+def _check_leaf(where: str, name: str, arr: np.ndarray, space: spaces.Space, n: int) -> None:
+    expected = (n, *sp.leaf_shape(space))
+    if tuple(arr.shape) != expected:
+        raise DatasetError(f"{where}: field {name!r}: expected shape {expected} for {space}, got {tuple(arr.shape)}")
+    kind = arr.dtype.kind
+    if isinstance(space, spaces.Box):
+        ok = kind in "fiu" and (np.dtype(space.dtype).kind != "f" or kind == "f")
+    else:
+        ok = kind in "iub"
+    if not ok:
+        raise DatasetError(f"{where}: field {name!r}: dtype {arr.dtype} does not fit {space} "
+                           f"(expected {'floats' if isinstance(space, spaces.Box) else 'integers'})")
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """Read a dataset manifest, checking the directory, format and version."""
+    if not path.exists():
+        raise DatasetError(f"{path}: dataset directory not found")
+    if not path.is_dir():
+        raise DatasetError(f"{path}: expected a dataset directory, found a file")
+    file = path / MANIFEST
+    if not file.exists():
+        what = "is empty" if not any(path.iterdir()) else f"has no {MANIFEST}"
+        raise DatasetError(f"{path}: dataset directory {what} (expected an rlrm dataset written by rlrm.collect)")
+    try:
+        manifest = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{file}: not valid JSON: {err}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DatasetError(f"{file}: field 'format': expected {FORMAT!r}, got {manifest.get('format')!r}"
+                           if isinstance(manifest, dict) else f"{file}: expected a JSON object")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise DatasetError(f"{file}: field 'format_version' is {version!r}; this rlrm ({rlrm.__version__}) reads "
+                           f"versions up to {FORMAT_VERSION}: upgrade rlrm")
+    return manifest
+
+
+def find_datasets(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Dataset directories named by ``paths``: each is a dataset or a folder of datasets (one level down)."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if (p / MANIFEST).exists():
+            found.append(p)
+        elif p.is_dir() and (subs := sorted(d for d in p.iterdir() if (d / MANIFEST).exists())):
+            found.extend(subs)
+        else:
+            read_manifest(p)  # raises the precise error (missing / empty / not a dataset)
+    return found
