@@ -124,7 +124,7 @@ class TransitionDataset:
     def episode_returns(self, values: np.ndarray | None = None, complete_only: bool = True) -> np.ndarray:
         """Per-episode sums of ``values`` (default: labels), over episodes that ended if any did."""
         values = self.label if values is None else values
-        ids, start = np.unique(self.episode, return_index=True)
+        _, start = np.unique(self.episode, return_index=True)
         sums = np.add.reduceat(values.astype(np.float64), start) if len(start) else np.zeros(0)
         if complete_only:
             ends = np.r_[start[1:], len(self)] - 1

@@ -205,11 +205,17 @@ class RewardModel(nn.Module):
         mean, std = self.normalization(gid)
         return self.encoder(self.stems[gid]((features - mean) / std))
 
+    def forward_standardized(self, task: str, features: torch.Tensor) -> torch.Tensor:
+        """The head's raw output: rewards in standardized label units, ``(r - label_mean) / label_std``.
+
+        Training fits this to standardized labels, so tasks with different reward scales weigh alike.
+        """
+        return self.heads[head_key(task)](self.embed(task, features)).squeeze(-1)
+
     def forward(self, task: str, features: torch.Tensor) -> torch.Tensor:
         """Differentiable rewards (label units) of feature rows, shape ``(n,)``."""
         info = self.head_info(task)
-        out = self.heads[head_key(task)](self.embed(task, features)).squeeze(-1)
-        return out * info.label_std + info.label_mean
+        return self.forward_standardized(task, features) * info.label_std + info.label_mean
 
     @torch.no_grad()
     def predict(self, task: str, obs: Any, action: Any, next_obs: Any, done: Any) -> np.ndarray:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rlrm.data.dataset import TransitionDataset
@@ -74,6 +75,8 @@ class _TaskData:
     train: TransitionDataset
     val: TransitionDataset
     share: int = 0
+    z_train: torch.Tensor | None = None  # standardized labels
+    z_val: torch.Tensor | None = None
     perm: torch.Tensor | None = None
     pos: int = 0
 
@@ -162,6 +165,10 @@ def train_reward_model(datasets: Sequence[TransitionDataset], config: TrainConfi
     total = sum(shares)
     steps = max(1, math.ceil(sum(len(d.y_train) for d in data) / cfg.batch_size))
     scales = {d.name: model.tasks[d.name].label_std for d in data}
+    for d in data:  # the heads learn standardized labels (one fused mse per task, no per-step rescaling)
+        info = model.tasks[d.name]
+        d.z_train = (d.y_train - info.label_mean) / info.label_std
+        d.z_val = (d.y_val - info.label_mean) / info.label_std
 
     best = (math.inf, 0, copy.deepcopy(model.state_dict()))
     history: list[dict[str, float]] = []
@@ -174,11 +181,12 @@ def train_reward_model(datasets: Sequence[TransitionDataset], config: TrainConfi
         t0 = time.perf_counter()
         running = 0.0
         for _ in range(steps):
-            loss = torch.zeros(())
+            loss = None
             for d in data:
                 idx = _next_indices(d, d.share, gen)
-                err = (model(d.name, d.x_train[idx]) - d.y_train[idx]) / scales[d.name]
-                loss = loss + (d.share / total) * (err * err).mean()
+                term = F.mse_loss(model.forward_standardized(d.name, d.x_train[idx]), d.z_train[idx])
+                term = term * (d.share / total) if len(data) > 1 else term
+                loss = term if loss is None else loss + term
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -186,7 +194,7 @@ def train_reward_model(datasets: Sequence[TransitionDataset], config: TrainConfi
         t_train += time.perf_counter() - t0
         seen += steps * total
         model.eval()
-        val = _val_losses(model, data, scales)
+        val = _val_losses(model, data)
         row = {"epoch": epoch, "train/loss": running / steps, **{f"val/{k}/loss": v for k, v in val.items()}}
         for d in data:  # R² from the same numbers: mse = loss * scale², R² = 1 - mse / var(labels)
             var = float(d.y_val.var(unbiased=False)) if len(d.y_val) else 0.0
@@ -216,10 +224,9 @@ def train_reward_model(datasets: Sequence[TransitionDataset], config: TrainConfi
 
 
 @torch.no_grad()
-def _val_losses(model: RewardModel, data: list[_TaskData], scales: dict[str, float]) -> dict[str, float]:
+def _val_losses(model: RewardModel, data: list[_TaskData]) -> dict[str, float]:
     out = {}
     for d in data:
         if len(d.y_val):
-            err = (model(d.name, d.x_val) - d.y_val) / scales[d.name]
-            out[d.name] = float((err * err).mean())
+            out[d.name] = float(F.mse_loss(model.forward_standardized(d.name, d.x_val), d.z_val))
     return out
