@@ -145,7 +145,9 @@ def init_wandb(enabled: bool, *, project: str, mode: str | None = None, entity: 
     import wandb
 
     if directory is not None:
-        Path(directory).mkdir(parents=True, exist_ok=True)
+        # absolute: W&B's service process outlives a run and resolves relative paths against its own cwd
+        directory = Path(directory).resolve()
+        directory.mkdir(parents=True, exist_ok=True)
     run = wandb.init(project=project, entity=entity, config=config or {}, name=name, group=group,
                      job_type=job_type, dir=str(directory) if directory else None, mode=resolved,
                      reinit="create_new", settings=wandb.Settings(init_timeout=30, console="off"))
