@@ -1,0 +1,233 @@
+"""Env steps/s of the reward-replacing wrappers against the raw VecEnv.
+
+Variants (each a DummyVecEnv of ``task.make_env()``, stepped with the same pre-drawn random actions):
+
+- ``raw``                  the bare envs
+- ``raw+Monitor``          Monitor inside each env (the stack ``train_agent`` uses, without the reward)
+- ``LearnedReward``        the ``gymnasium.Wrapper`` inside each env (one NumPy reward call per env step)
+- ``VecLearnedReward``     the SB3 ``VecEnvWrapper`` over the raw envs (one batched call per vector step)
+- ``Monitor+VecLearned``   VecLearnedReward over Monitor-wrapped envs: what ``train_agent`` actually runs
+- ``torch predict``        reference: a VecEnvWrapper calling ``model.predict`` (torch) per vector step
+
+All with the default model (``RewardModel(ModelConfig())`` plus the task's head, initial weights with a
+random feature standardization and label scale: speed does not depend on them). The machine may be
+shared, so variants are interleaved in many short rounds (the order rotates each round) and each ratio
+is the median over rounds of the per-round ratio.
+
+The script also checks that VecLearnedReward's rewards equal ``model.predict`` within 1e-5 on the
+transitions it produced (terminal observations and TimeLimit truncation included).
+
+    python benchmarks/wrapper_overhead.py            # full run
+    python benchmarks/wrapper_overhead.py --quick    # smoke run (a few seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper
+
+from rlrm.model.network import ModelConfig, RewardModel
+from rlrm.tasks import Task
+from rlrm.wrappers import LearnedReward, VecLearnedReward
+
+
+class TorchPredict(VecEnvWrapper):
+    """Reference: the learned reward through ``model.predict`` (torch) once per vector step."""
+
+    def __init__(self, venv: VecEnv, model: RewardModel, task: str) -> None:
+        super().__init__(venv)
+        self.model, self.task = model, task
+        self._obs = None
+        self._actions = None
+
+    def reset(self):
+        self._obs = self.venv.reset()
+        return self._obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = actions
+        self.venv.step_async(actions)
+
+    def step_wait(self):
+        obs, _true, dones, infos = self.venv.step_wait()
+        next_obs = obs
+        if dones.any():
+            next_obs = obs.copy()
+            for i in dones.nonzero()[0]:
+                next_obs[i] = infos[i]["terminal_observation"]
+        terminated = dones & ~np.array([info.get("TimeLimit.truncated", False) for info in infos])
+        learned = self.model.predict(self.task, self._obs, self._actions, next_obs, terminated)
+        self._obs = obs
+        return obs, learned, dones, infos
+
+
+def default_model(task: Task, done_input: bool = False) -> RewardModel:
+    env = task.make_env()
+    model = RewardModel(ModelConfig(inputs=["obs", "action", "next_obs", "done"]) if done_input else ModelConfig())
+    model.add_task(task, env.observation_space, env.action_space)
+    if done_input:  # make the flag matter: a large weight on the done column
+        with torch.no_grad():
+            model.stems[model.tasks[task.name].group][0].weight[:, -1] = 3.0
+    # Feature standardization and label scale as a trained model has them (the NumPy path folds both into
+    # its weights, so the check must not see only the identity); no effect on speed.
+    rng = np.random.default_rng(0)
+    gid = model.tasks[task.name].group
+    dim = model.groups[gid].dim
+    model.set_normalization(gid, rng.normal(size=dim), rng.uniform(0.5, 2.0, size=dim))
+    model.set_label_scale(task.name, -1.0, 3.0)
+    env.close()
+    model.eval()
+    return model
+
+
+def variants(task: Task, n_envs: int, model: RewardModel) -> dict[str, Callable[[], VecEnv]]:
+    name = task.name
+    return {
+        "raw": lambda: DummyVecEnv([task.make_env for _ in range(n_envs)]),
+        "raw+Monitor": lambda: DummyVecEnv([lambda: Monitor(task.make_env()) for _ in range(n_envs)]),
+        "LearnedReward": lambda: DummyVecEnv([lambda: LearnedReward(task.make_env(), model, name)
+                                              for _ in range(n_envs)]),
+        "VecLearnedReward": lambda: VecLearnedReward(DummyVecEnv([task.make_env for _ in range(n_envs)]), model, name),
+        "Monitor+VecLearned": lambda: VecLearnedReward(
+            DummyVecEnv([lambda: Monitor(task.make_env()) for _ in range(n_envs)]), model, name),
+        "torch predict": lambda: TorchPredict(DummyVecEnv([task.make_env for _ in range(n_envs)]), model, name),
+    }
+
+
+def draw_actions(venv: VecEnv, steps: int, seed: int) -> np.ndarray:
+    space = venv.action_space
+    space.seed(seed)
+    return np.stack([np.stack([np.asarray(space.sample()) for _ in range(venv.num_envs)]) for _ in range(steps)])
+
+
+def time_steps(venv: VecEnv, actions: np.ndarray) -> float:
+    """Seconds for ``len(actions)`` vector steps (the env is already reset)."""
+    step_async, step_wait = venv.step_async, venv.step_wait
+    t0 = time.perf_counter()
+    for a in actions:
+        step_async(a)
+        step_wait()
+    return time.perf_counter() - t0
+
+
+def check_rewards(task: Task, n_envs: int, model: RewardModel, steps: int, seed: int) -> tuple[float, int, int]:
+    """Step VecLearnedReward, rebuild each transition independently, compare with ``model.predict``.
+
+    Also checks the episode bookkeeping: ``info["learned_episode"]`` has the summed rewards and Monitor's
+    length, and ``info["true_reward"]`` the env's reward.
+
+    :return: (max abs difference, transitions checked, transitions that ended an episode).
+    """
+    venv = VecLearnedReward(DummyVecEnv([lambda: Monitor(task.make_env()) for _ in range(n_envs)]), model, task.name)
+    venv.seed(seed)
+    obs = venv.reset()
+    actions = draw_actions(venv, steps, seed + 1)
+    worst, ended = 0.0, 0
+    returns = np.zeros(n_envs)
+    for a in actions:
+        next_obs, rewards, dones, infos = venv.step(a)
+        real_next = np.array(next_obs, copy=True)
+        terminated = np.zeros(n_envs, bool)
+        for i in np.flatnonzero(dones):
+            real_next[i] = infos[i]["terminal_observation"]
+            terminated[i] = not infos[i].get("TimeLimit.truncated", False)
+            ended += 1
+        expected = model.predict(task.name, obs, a, real_next, terminated)
+        worst = max(worst, float(np.max(np.abs(rewards - expected))))
+        returns += rewards
+        for i, info in enumerate(infos):
+            assert isinstance(info["true_reward"], float)
+            if dones[i]:
+                ep = info["learned_episode"]
+                assert ep["l"] == info["episode"]["l"] and abs(ep["r"] - returns[i]) < 1e-6 * max(1, abs(returns[i]))
+                returns[i] = 0.0
+            else:
+                assert "learned_episode" not in info
+        obs = next_obs
+    venv.close()
+    return worst, steps * n_envs, ended
+
+
+def bench_task(task: Task, n_envs: int, rounds: int, steps: int, seed: int) -> dict[str, list[float]]:
+    model = default_model(task)
+    makers = variants(task, n_envs, model)
+    envs = {}
+    for k, make in makers.items():
+        venv = make()
+        venv.seed(seed)
+        venv.reset()
+        envs[k] = venv
+    actions = draw_actions(envs["raw"], steps, seed)
+    for venv in envs.values():  # warm-up: buffers, caches, first-call costs
+        time_steps(venv, actions[: max(10, steps // 10)])
+    names = list(envs)
+    rates: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for k in order:
+            rates[k].append(steps * n_envs / time_steps(envs[k], actions))
+    for venv in envs.values():
+        venv.close()
+    return rates
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smoke run: few short rounds")
+    p.add_argument("--tasks", nargs="+", default=["CartPole-v1", "Pendulum-v1"])
+    p.add_argument("--n-envs", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 21, quick 3)")
+    p.add_argument("--steps", type=int, default=None, help="vector steps per variant per round (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--torch-threads", type=int, default=1, help="torch threads for the torch-predict reference")
+    args = p.parse_args()
+    rounds = args.rounds or (3 if args.quick else 21)
+    steps = args.steps or (200 if args.quick else 1000)
+    # model.predict on 8 rows gains nothing from intra-op threads, and on a loaded 2-core machine a second
+    # thread makes each call wait on a busy core (milliseconds instead of ~70 us): one thread for the reference.
+    torch.set_num_threads(args.torch_threads)
+    print(f"{platform.processor() or platform.machine()}, python {platform.python_version()}, numpy {np.__version__}, "
+          f"torch {torch.__version__} ({torch.get_num_threads()} thread); {rounds} rounds x {steps} vector steps x "
+          f"{args.n_envs} envs per variant")
+
+    rows = []
+    for name in args.tasks:
+        task = Task(name, name)
+        # the default model, and one that also reads the terminated flag (checks terminal obs vs truncation)
+        for label, model in (("default model", default_model(task)),
+                             ("model with done input", default_model(task, done_input=True))):
+            worst, checked, ended = check_rewards(task, args.n_envs, model, 250 if args.quick else 600, args.seed)
+            status = "OK" if worst <= 1e-5 else "FAIL"
+            print(f"{name}, {label}: VecLearnedReward vs model.predict on {checked} transitions ({ended} episode "
+                  f"ends): max |diff| = {worst:.2e} [{status}]")
+            assert worst <= 1e-5, f"{name}: VecLearnedReward differs from model.predict by {worst}"
+        rates = bench_task(task, args.n_envs, rounds, steps, args.seed)
+        raw, mon = rates["raw"], rates["raw+Monitor"]
+        for k, v in rates.items():
+            vs_raw = statistics.median(x / b for x, b in zip(v, raw))
+            vs_mon = statistics.median(x / b for x, b in zip(v, mon))
+            per_step = statistics.median(args.n_envs / x - args.n_envs / b for x, b in zip(v, raw)) * 1e6
+            rows.append((f"{name} x{args.n_envs}", k, statistics.median(v), vs_raw, vs_mon, per_step))
+
+    header = ("env", "variant", "steps/s (median)", "vs raw", "vs raw+Monitor", "extra us/vec step")
+    print()
+    print(f"{header[0]:<18} {header[1]:<20} {header[2]:>16} {header[3]:>8} {header[4]:>14} {header[5]:>18}")
+    for env, k, rate, vs_raw, vs_mon, extra in rows:
+        print(f"{env:<18} {k:<20} {rate:>16,.0f} {vs_raw:>7.3f}x {vs_mon:>13.3f}x {extra:>18.1f}")
+    target = [r for r in rows if r[0].startswith("CartPole") and r[1] == "VecLearnedReward"]
+    if target:
+        ok = target[0][3] >= 0.85
+        print(f"\ntarget: VecLearnedReward >= 0.85x raw on CartPole x{args.n_envs}: {target[0][3]:.3f}x "
+              f"[{'met' if ok else 'NOT met'}]")
+
+
+if __name__ == "__main__":
+    main()
