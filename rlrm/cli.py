@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from rlrm.errors import RlrmError
+from rlrm.tracking import WandbOptions
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +39,20 @@ def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.Argum
             raise
         print(f"{parser.prog}: error: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
+
+
+def add_wandb_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, what: str = "") -> None:
+    """``--wandb``, ``--wandb-project``, ``--wandb-entity``, ``--wandb-mode``."""
+    parser.add_argument("--wandb", action="store_true", help=f"log to Weights & Biases{what}")
+    parser.add_argument("--wandb-project", default="rlrm")
+    parser.add_argument("--wandb-entity", default=None)
+    parser.add_argument("--wandb-mode", default=None, help="auto | online | offline | disabled (default auto: "
+                        "offline without an API key or network)")
+
+
+def wandb_options(args: argparse.Namespace, group: str | None = None) -> WandbOptions:
+    """The W&B options parsed by :func:`add_wandb_args`."""
+    return WandbOptions(args.wandb, args.wandb_project, args.wandb_entity, args.wandb_mode, group)
 
 
 def csv_ints(text: str) -> list[int]:

@@ -16,6 +16,7 @@ from rlrm.model import read_description
 from rlrm.model.network import ModelConfig
 from rlrm.runs import RunSpec
 from rlrm.tasks import Task
+from rlrm.tracking import WandbOptions
 from rlrm.train import job
 from rlrm.train.loop import TrainConfig
 
@@ -30,7 +31,7 @@ def check_heads(model_path: Path, tasks: Sequence[Task]) -> None:
 
 
 def build_reward_model(tasks: Sequence[Task], folder: Path, collect_steps: int = 20_000, epochs: int = 30,
-                       seed: int = 0, reuse: bool = False, wandb: job.WandbOptions | None = None,
+                       seed: int = 0, reuse: bool = False, wandb: WandbOptions | None = None,
                        progress: bool = True) -> Path:
     """Collect random-policy transitions (labeled by each task's labeler) and train one model for all tasks.
 

@@ -44,8 +44,7 @@ from rlrm.console import slug
 from rlrm.errors import ConfigError
 from rlrm.evaluation import evaluate
 from rlrm.tasks import Task
-from rlrm.tracking import WandbTracker, init_wandb
-from rlrm.train.job import WandbOptions
+from rlrm.tracking import WandbOptions, WandbTracker, init_wandb
 
 
 @dataclass

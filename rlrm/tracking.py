@@ -11,6 +11,7 @@ import netrc
 import os
 import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
@@ -18,6 +19,17 @@ from urllib.parse import urlparse
 from rlrm.errors import ConfigError
 
 MODES = ("auto", "online", "offline", "disabled")
+
+
+@dataclass
+class WandbOptions:
+    """How to log to W&B (``enabled=False``: not at all)."""
+
+    enabled: bool = False
+    project: str = "rlrm"
+    entity: str | None = None
+    mode: str | None = None
+    group: str | None = None
 
 
 class Tracker(Protocol):

@@ -21,7 +21,6 @@ from rlrm.console import print_table
 from rlrm.runs import RunInterrupted
 from rlrm.runs import run as run_one
 from rlrm.tasks import load_catalog
-from rlrm.train import job
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,10 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("output")
     o.add_argument("--output-dir", type=Path, default=Path("runs"))
     o.add_argument("--resume", action="store_true", help="continue unfinished runs, reuse finished ones")
-    o.add_argument("--wandb", action="store_true", help="log to Weights & Biases (one run per task/algo/seed)")
-    o.add_argument("--wandb-project", default="rlrm")
-    o.add_argument("--wandb-entity", default=None)
-    o.add_argument("--wandb-mode", default=None, help="auto | online | offline | disabled (default auto)")
+    cli.add_wandb_args(o, " (one run per task/algo/seed/reward, grouped per command)")
     o.add_argument("--no-progress", action="store_true")
     cli.add_common_args(p)
     return p
@@ -85,7 +81,7 @@ def main(args: argparse.Namespace) -> int:
         check_spec(t, load_spec(args.algo or default_algo(t), t, overrides, args.hyperparams_dir))
     args.output_dir.mkdir(parents=True, exist_ok=True)
     group = f"train_agent-{time.strftime('%Y%m%d-%H%M%S')}"
-    wandb = job.WandbOptions(args.wandb, args.wandb_project, args.wandb_entity, args.wandb_mode, group)
+    wandb = cli.wandb_options(args, group)
     reward_model = args.reward_model
     if reward_model is not None:
         pipeline.check_heads(reward_model, tasks)

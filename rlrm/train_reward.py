@@ -31,10 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--activation", default="relu")
     p.add_argument("--layer-norm", action="store_true")
     p.add_argument("--inputs", default="obs,action,next_obs", help=f"subset of {','.join(INPUTS)}")
-    p.add_argument("--wandb", action="store_true", help="log to Weights & Biases")
-    p.add_argument("--wandb-project", default="rlrm")
-    p.add_argument("--wandb-entity", default=None)
-    p.add_argument("--wandb-mode", default=None, help="auto | online | offline | disabled (default auto)")
+    cli.add_wandb_args(p)
     p.add_argument("--no-progress", action="store_true")
     cli.add_common_args(p)
     return p
@@ -47,7 +44,7 @@ def main(args: argparse.Namespace) -> int:
     model_cfg = ModelConfig(encoder=args.encoder, activation=args.activation, layer_norm=args.layer_norm,
                             inputs=[s.strip() for s in args.inputs.split(",") if s.strip()])
     job.run(args.data, args.out, cfg, model_cfg, tasks=args.tasks, init=args.init,
-            wandb=job.WandbOptions(args.wandb, args.wandb_project, args.wandb_entity, args.wandb_mode),
+            wandb=cli.wandb_options(args),
             progress=not args.no_progress)
     return 0
 

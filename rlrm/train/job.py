@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,21 +14,10 @@ from rlrm.console import print_table
 from rlrm.data.dataset import TransitionDataset, find_datasets
 from rlrm.errors import ConfigError
 from rlrm.model.network import ModelConfig
-from rlrm.tracking import init_wandb
+from rlrm.tracking import WandbOptions, init_wandb
 from rlrm.train.loop import TrainConfig, TrainResult, train_reward_model
 
 METRIC_COLUMNS = ["task", "n_train", "n_val", "mse", "r2", "spearman", "ranking_acc"]
-
-
-@dataclass
-class WandbOptions:
-    """How to log to W&B (``enabled=False``: not at all)."""
-
-    enabled: bool = False
-    project: str = "rlrm"
-    entity: str | None = None
-    mode: str | None = None
-    group: str | None = None
 
 
 def load_datasets(paths: Sequence[str | os.PathLike], tasks: Sequence[str] = ()) -> list[TransitionDataset]:
