@@ -162,10 +162,13 @@ def test_reward_fn_matches_predict(cartpole_ds, pendulum_ds, activation: str, la
     model = _model([cartpole_ds, pendulum_ds], ModelConfig(encoder=[32, 24, 16], activation=activation,
                                                            layer_norm=layer_norm), dict_task=True)
     for ds in (cartpole_ds, pendulum_ds):
-        fn = model.reward_fn(ds.task.name)
-        for n, start in ((1, 0), (8, 3), (8, 50), (100, 200), (1, 7), (8, 11)):  # batch size changes re-plan
-            batch = _batch(ds, n, start)
-            np.testing.assert_allclose(fn(*batch), model.predict(ds.task.name, *batch), rtol=1e-5, atol=1e-5)
+        for dtype in ("float32", "float64"):
+            fn = rm.NumpyRewardFn.from_model(model, ds.task.name, dtype)
+            for n, start in ((1, 0), (8, 3), (8, 50), (100, 200), (1, 7), (8, 11)):  # batch size changes re-plan
+                batch = _batch(ds, n, start)
+                out = fn(*batch)
+                assert out.shape == (n,) and out.dtype == np.float32
+                np.testing.assert_allclose(out, model.predict(ds.task.name, *batch), rtol=1e-5, atol=1e-5)
     fn = model.reward_fn("dict.task")
     for n, seed in ((1, 0), (13, 1), (13, 2)):
         batch = _dict_batch(n, seed)
@@ -182,6 +185,76 @@ def test_reward_fn_matches_predict_with_done_and_other_dtypes(cartpole_ds: Trans
     for variant in [(obs, act, nxt, done), (obs.astype(np.float64), act.astype(np.int32), nxt, done.astype(float)),
                     (obs.tolist(), act.tolist(), nxt.tolist(), done.tolist())]:
         np.testing.assert_allclose(fn(*variant), model.predict("CartPole-v1", *variant), rtol=1e-5, atol=1e-5)
+
+
+def _outcome(f: Any, *batch: Any) -> Any:
+    try:
+        return np.asarray(f(*batch))
+    except SpaceError as e:
+        return f"SpaceError: {e}"
+
+
+def test_reward_fn_short_path_accepts_and_rejects_what_predict_does(cartpole_ds, pendulum_ds) -> None:
+    """The short path skips checks that np.concatenate makes itself: every odd batch must still end as in predict."""
+    model = _model([cartpole_ds, pendulum_ds])
+    obs, act, nxt, done = _batch(cartpole_ds, 8)
+    pobs, pact, pnxt, pdone = _batch(pendulum_ds, 8)
+    cases = {
+        "CartPole-v1": [
+            (obs[:, :3], act, np.hstack([nxt, nxt[:, :1]]), done),  # widths 3 + 2 + 5: the right total
+            (obs.astype(object), act, nxt, done), (obs.astype(np.complex64), act, nxt, done),
+            (obs, act.astype(np.float32), nxt, done), (obs, act[:, None], nxt, done),
+            (obs, act.astype(bool), nxt, done),
+            (obs, act.astype(np.int32), nxt, done), (obs, act.astype(np.uint8), nxt, done), (obs, act[:7], nxt, done),
+            (obs.astype(np.int64), act, nxt, done), (obs.astype(np.float16), act, nxt, done), (obs, act, nxt[:7], done),
+            (obs.tolist(), act.tolist(), nxt.tolist(), done), (obs[:, :, None], act, nxt[:, :, None], done),
+            (obs, np.where(act == 1, 2, act), nxt, done), (obs, np.int64(1), nxt, done), (obs[0], act[0], nxt[0], done),
+        ],
+        "Pendulum-v1": [
+            (pobs[:, :2], np.hstack([pact, pact, pact]), pnxt[:, :2], pdone),  # widths 2 + 3 + 2: the right total
+            (pobs, pact[:, 0], pnxt, pdone), (pobs, pact.astype(np.int8), pnxt, pdone), (pobs, pact, pnxt, pdone),
+            (pobs.astype(str), pact, pnxt, pdone), (pobs, pact, pnxt.astype(np.float64), pdone),
+        ],
+    }
+    for task, batches in cases.items():
+        fn = model.reward_fn(task)
+        for i, batch in enumerate(batches):
+            expected, got = _outcome(model.predict, task, *batch), _outcome(fn, *batch)
+            if isinstance(expected, str):
+                assert got == expected, (task, i)
+            else:
+                np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5, err_msg=f"{task} case {i}")
+
+
+def test_reward_fn_dtype_follows_the_standardization(pendulum_ds: TransitionDataset) -> None:
+    """float32 (like torch) while |mean| / std stays moderate; float64 where folding would cancel large terms."""
+    obs, act, nxt, done = _batch(pendulum_ds, 64)
+    model = _model([pendulum_ds], ModelConfig())
+    gid = model.tasks["Pendulum-v1"].group
+    rng = np.random.default_rng(1)
+    for offset, dtype in ((0.0, np.float32), (8.0, np.float32), (50.0, np.float64)):
+        std = np.exp(rng.uniform(np.log(0.1), np.log(10.0), 7))
+        model.set_normalization(gid, offset * std * rng.choice([-1.0, 1.0], 7), std)
+        model.set_label_scale("Pendulum-v1", -6.0, 3.5)  # Pendulum's labels
+        fn = model.reward_fn("Pendulum-v1")
+        assert fn.dtype == dtype, offset
+        mean = model.normalization(gid)[0].numpy()
+        # inputs around the standardization's mean, a few std away, as real data would be
+        o, a, n_ = ((mean[i] + std[i] * rng.normal(0, 1.5, (64, i.stop - i.start))).astype(np.float32)
+                    for i in (slice(0, 3), slice(3, 4), slice(4, 7)))
+        expected = model.predict("Pendulum-v1", o, a, n_, done)
+        np.testing.assert_allclose(fn(o, a, n_, done), expected, rtol=1e-5, atol=1e-5)
+    # a constant action 0.5 in the data: std at its floor, so float32 folding would be off by far more than 1e-5
+    model.set_normalization(gid, np.r_[obs.mean(0), 0.5, nxt.mean(0)], np.r_[obs.std(0), 1e-6, nxt.std(0)])
+    const = np.full_like(act, 0.5)
+    exact = model.predict("Pendulum-v1", obs, const, nxt, done)
+    fn = model.reward_fn("Pendulum-v1")
+    assert fn.dtype == np.float64
+    np.testing.assert_allclose(fn(obs, const, nxt, done), exact, rtol=1e-5, atol=1e-5)
+    forced = rm.NumpyRewardFn.from_model(model, "Pendulum-v1", dtype="float32")
+    assert forced.dtype == np.float32 and not np.allclose(forced(obs, const, nxt, done), exact, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="dtype"):
+        rm.NumpyRewardFn.from_model(model, "Pendulum-v1", dtype="float16")
 
 
 def test_reward_fn_is_a_snapshot(pendulum_ds: TransitionDataset) -> None:

@@ -434,3 +434,18 @@ def test_learned_episode_sums_the_learned_rewards(model: RewardModel) -> None:
                 assert infos[i]["learned_episode"]["l"] == lengths[i]
                 sums[i], lengths[i], episodes = 0.0, 0, episodes + 1
     assert episodes >= 6
+
+
+def test_learned_episode_return_over_long_episodes_and_resets(model: RewardModel) -> None:
+    """Pendulum's 200-step episodes span many folds of the float32 partial sums; reset() starts afresh."""
+    wrapped = VecLearnedReward(_vec("Pendulum-v1", 2, seed=4), model, task="Pendulum-v1")
+    for steps in (70, 430):  # the first rollout stops mid-episode; _rollout_vec resets before each
+        rec = _rollout_vec(wrapped, _actions("Pendulum-v1", steps, 2, seed=steps))
+        sums, ends = np.zeros(2), 0
+        for rewards, dones, infos in zip(rec["reward"], rec["dones"], rec["infos"]):
+            sums += rewards.astype(np.float64)
+            for i in np.flatnonzero(dones):
+                assert infos[i]["learned_episode"]["l"] == 200
+                assert infos[i]["learned_episode"]["r"] == pytest.approx(sums[i], rel=1e-6)
+                sums[i], ends = 0.0, ends + 1
+        assert ends == (0 if steps < 200 else 4)
