@@ -95,27 +95,34 @@ def _filler(group: InputGroup, n: int, out: np.ndarray, dtype: np.dtype) -> Call
     shape_n = (n,)
     concatenate = np.concatenate
     if [(k, i) for k, i, _ in plan] in ([(box, 0), (box, 1), (box, 2)], [(box, 0), (discrete, 1), (box, 2)]):
-        # The default inputs (obs, action, next_obs) on a Box observation space: the same checks, unrolled.
-        eye = plan[1][2] if plan[1][0] == discrete else None
-        act_shape = plan[1][2]
-
-        # The checks are what np.concatenate does not check itself: it casts any numeric dtype (as the adapters
-        # accept) and raises on anything else, on a wrong number of rows or dims, and on a wrong total width;
-        # equal obs/next_obs shapes and a fixed action width then pin each part's width.
+        # The default inputs (obs, action, next_obs) on a Box observation space, unrolled: each part is copied
+        # into its columns with ``view[...] = part`` (~0.15 us; np.concatenate costs ~0.9). Assignment would
+        # broadcast and cast anything, so shapes must match exactly and dtypes be float32/float64 (others,
+        # like lists, take the general path); take() raises on a Discrete value past the end or a float.
+        obs_shape, eye = plan[0][2], plan[1][2] if plan[1][0] == discrete else None
+        d, k = obs_shape[1], eye.shape[0] if eye is not None else plan[1][2][1]
+        x_obs, x_act, x_next = out[:, :d], out[:, d:d + k], out[:, d + k:]
+        act_shape = shape_n if eye is not None else plan[1][2]
         small = n <= 64  # min over a Python list is cheaper than ndarray.min() on a few values
 
         def fill3(obs: Any, action: Any, next_obs: Any, done: Any) -> bool:
             try:
+                if (obs.shape != obs_shape or next_obs.shape != obs_shape or action.shape != act_shape
+                        or (obs.dtype is not f32 and obs.dtype is not f64)
+                        or (next_obs.dtype is not f32 and next_obs.dtype is not f64)):
+                    return False
                 if eye is None:
-                    if obs.shape != next_obs.shape or action.shape != act_shape:
+                    if action.dtype is not f32 and action.dtype is not f64:
                         return False
-                    concatenate((obs, action, next_obs), 1, out)
-                else:  # Discrete actions: take raises on a value past the end, not on a negative one
-                    if obs.shape != next_obs.shape or (min(action.tolist()) if small else action.min()) < 0:
-                        return False
-                    concatenate((obs, eye.take(action, 0), next_obs), 1, out)
-            except (AttributeError, TypeError, ValueError, IndexError):
+                    x_act[...] = action
+                elif (min(action.tolist()) if small else action.min()) < 0:  # take() would wrap it around
+                    return False
+                else:
+                    x_act[...] = eye.take(action, 0)
+            except (AttributeError, TypeError, IndexError):
                 return False
+            x_obs[...] = obs
+            x_next[...] = next_obs
             return True
 
         return fill3
@@ -236,17 +243,18 @@ class NumpyRewardFn:
         src = x
         for w, post, on_view in self._layers[:-1]:
             out = np.ones((n, w.shape[1]), dt)
-            ops.append(partial(np.dot, src, w, out))  # np.dot into a contiguous buffer: far less overhead than matmul
+            # a bound ndarray.dot into a contiguous buffer: ~0.15 us less per call than np.dot, far less than matmul
+            ops.append(partial(src.dot, w, out))
             view = out[:, :-1] if on_view else out
             for op in post:
                 ops.append(partial(np.maximum, view, np.zeros(view.shape, dt), out=view) if op is _relu
                            else partial(op, view))
             if relu_layers is not None and [op is _relu for op in post] == [True]:
-                relu_layers.append((src, w, out, ops[-1].args[1]))
+                relu_layers.append((src.dot, w, out, ops[-1].args[1]))
             else:
                 relu_layers = None
             src = out
-        head = partial(_head, src, self._layers[-1][0], dt != np.float32)
+        head = partial(_head, src.dot, self._layers[-1][0], dt != np.float32)
         self._x = x[:, :-1]
         self._ops = tuple(ops)
         self._head = head
@@ -270,9 +278,9 @@ class NumpyRewardFn:
         return self._head()
 
 
-def _head(h: np.ndarray, w: np.ndarray, cast: bool) -> np.ndarray:
+def _head(h_dot: Callable[[np.ndarray], np.ndarray], w: np.ndarray, cast: bool) -> np.ndarray:
     """The head: a matrix-vector product, whose output is a fresh array (float32 unless computed in float64)."""
-    y = np.dot(h, w)
+    y = h_dot(w)
     return y.astype(np.float32) if cast else y
 
 
@@ -295,16 +303,16 @@ def _relu_runner(fill: Callable[..., bool], layers: list[tuple[np.ndarray, ...]]
                  head: partial) -> Callable[..., np.ndarray | None]:
     """:func:`_runner` for an MLP of Linear+ReLU layers (the default): a plain loop of ``np.dot`` and
     ``np.maximum`` calls, ~0.15 us per layer less than calling prebuilt partials."""
-    h, wh, cast = head.args
-    dot, maximum, f32 = np.dot, np.maximum, np.float32
+    h_dot, wh, cast = head.args
+    maximum, f32 = np.maximum, np.float32
     steps = tuple(layers)
 
     def run(obs: Any, action: Any, next_obs: Any, done: Any) -> np.ndarray | None:
         if not fill(obs, action, next_obs, done):
             return None
-        for a, w, o, z in steps:
-            dot(a, w, o)
+        for dot, w, o, z in steps:
+            dot(w, o)
             maximum(o, z, out=o)
-        return dot(h, wh).astype(f32) if cast else dot(h, wh)
+        return h_dot(wh).astype(f32) if cast else h_dot(wh)
 
     return run
