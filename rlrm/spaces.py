@@ -236,6 +236,22 @@ def add_batch_dim(space: spaces.Space, x: Any) -> Batch:
     return np.asarray(x)[None]
 
 
+def one_batcher(space: spaces.Space) -> Callable[[Any], Batch]:
+    """A function that copies one sample into a batch of one (a copy: envs may reuse their arrays)."""
+    if isinstance(space, (spaces.Dict, spaces.Tuple)):
+        keys = list(space.spaces) if isinstance(space, spaces.Dict) else range(len(space.spaces))
+        parts = [(k, one_batcher(space.spaces[k])) for k in keys]
+        if isinstance(space, spaces.Dict):
+            return lambda x: {k: f(x[k]) for k, f in parts}
+        return lambda x: tuple(f(x[k]) for k, f in parts)
+    array = np.array
+
+    def one(x: Any) -> np.ndarray:
+        return array(x)[None]
+
+    return one
+
+
 def stack(space: spaces.Space, samples: Sequence[Any]) -> Batch:
     """Stack single samples into a batch."""
     if isinstance(space, spaces.Dict):

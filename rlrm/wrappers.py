@@ -15,7 +15,7 @@ from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
-from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
 from rlrm import spaces as sp
@@ -78,31 +78,41 @@ class LearnedReward(gym.Wrapper):
         self.task = task
         _check_spaces(self.reward_fn, env.observation_space, env.action_space, task)
         self.transform = RewardTransform(scale, clip, alpha)
-        self._obs: Any = None
+        self._batch_obs = sp.one_batcher(env.observation_space)
+        self._batch_action = sp.one_batcher(env.action_space)
+        self._obs: Any = None  # the last observation, as a batch of one (a copy)
         self._return = 0.0
         self._length = 0
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         obs, info = self.env.reset(**kwargs)
-        self._obs, self._return, self._length = obs, 0.0, 0
+        self._obs, self._return, self._length = self._batch_obs(obs), 0.0, 0
         return obs, info
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         obs, true_reward, terminated, truncated, info = self.env.step(action)
-        o, a = self.observation_space, self.action_space
-        learned = self.reward_fn(sp.add_batch_dim(o, self._obs), sp.add_batch_dim(a, action),
-                                 sp.add_batch_dim(o, obs), np.array([terminated]))
-        if not np.isfinite(learned[0]):
+        next_obs = self._batch_obs(obs)  # also the next step's obs: one copy per step
+        learned = self.reward_fn(self._obs, self._batch_action(action), next_obs, _TERMINATED[bool(terminated)])
+        value = float(learned[0])
+        if not math.isfinite(value):
             raise _not_finite(learned, self.task)
-        reward = float(self.transform(learned, np.array([true_reward], np.float32))[0])
-        info["true_reward"] = float(true_reward)
-        info["learned_reward"] = float(learned[0])
+        true_reward = float(true_reward)
+        reward = value if self.transform.identity else float(
+            self.transform(learned, np.array([true_reward], np.float32))[0])
+        info["true_reward"] = true_reward
+        info["learned_reward"] = value
         self._return += reward
         self._length += 1
         if terminated or truncated:
             info["learned_episode"] = {"r": self._return, "l": self._length}
-        self._obs = obs
+        self._obs = next_obs
         return obs, reward, terminated, truncated, info
+
+
+# the terminated flag as a batch of one, shared and read-only
+_TERMINATED = {flag: np.array([flag]) for flag in (False, True)}
+for _a in _TERMINATED.values():
+    _a.flags.writeable = False
 
 
 class VecLearnedReward(VecEnvWrapper):
@@ -120,6 +130,9 @@ class VecLearnedReward(VecEnvWrapper):
         _check_spaces(self.reward_fn, venv.observation_space, venv.action_space, task)
         self.transform = RewardTransform(scale, clip, alpha)
         self._composite = isinstance(venv.observation_space, (gym.spaces.Dict, gym.spaces.Tuple))
+        # DummyVecEnv and SubprocVecEnv return fresh observation arrays every step; another VecEnv may update one
+        # buffer in place, so over those the wrapper keeps its own copy of the previous observation.
+        self._copy_obs = type(venv) not in (DummyVecEnv, SubprocVecEnv)
         self._obs: Any = None
         self._actions: Any = None
         # Learned returns: float64 sums, plus the last few steps in float32 (an in-place add of the float32
@@ -132,7 +145,7 @@ class VecLearnedReward(VecEnvWrapper):
 
     def reset(self) -> VecEnvObs:
         obs = self.venv.reset()
-        self._obs = obs
+        self._obs = _copy(obs) if self._copy_obs else obs
         self._returns[:] = 0.0
         self._recent[:] = 0.0
         self._starts[:] = self._t
@@ -174,15 +187,11 @@ class VecLearnedReward(VecEnvWrapper):
             self._returns += recent
             recent[:] = 0.0
             self._fold_at = t + _FOLD
-        self._obs = obs
+        self._obs = _copy(obs) if self._copy_obs else obs
         return obs, rewards, dones, infos
 
     def _with_terminal_obs(self, obs: Any, infos: list[dict[str, Any]], done_idx: np.ndarray) -> Any:
         if self._composite:
-            def copy(x: Any) -> Any:
-                return {k: copy(v) for k, v in x.items()} if isinstance(x, dict) else (
-                    tuple(copy(v) for v in x) if isinstance(x, tuple) else np.array(x, copy=True))
-
             def put(dst: Any, src: Any, i: int) -> None:
                 for k in (dst.keys() if isinstance(dst, dict) else range(len(dst))):
                     if isinstance(dst[k], (dict, tuple)):
@@ -190,7 +199,7 @@ class VecLearnedReward(VecEnvWrapper):
                     else:
                         dst[k][i] = src[k]
 
-            out = copy(obs)
+            out = _copy(obs)
             for i in done_idx:
                 put(out, infos[i]["terminal_observation"], i)
             return out
@@ -198,3 +207,12 @@ class VecLearnedReward(VecEnvWrapper):
         for i in done_idx:
             out[i] = infos[i]["terminal_observation"]
         return out
+
+
+def _copy(x: Any) -> Any:
+    """A copy of a batch (arrays, or dicts/tuples of them)."""
+    if isinstance(x, dict):
+        return {k: _copy(v) for k, v in x.items()}
+    if isinstance(x, tuple):
+        return tuple(_copy(v) for v in x)
+    return np.array(x, copy=True)

@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium import spaces
-from stable_baselines3.common.vec_env import DummyVecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnvWrapper
 
 from rlrm.data.collect import collect
 from rlrm.errors import ConfigError, RewardError, SpaceError
@@ -449,3 +449,60 @@ def test_learned_episode_return_over_long_episodes_and_resets(model: RewardModel
                 assert infos[i]["learned_episode"]["r"] == pytest.approx(sums[i], rel=1e-6)
                 sums[i], ends = 0.0, ends + 1
         assert ends == (0 if steps < 200 else 4)
+
+
+class InPlaceEnv(gym.Env):
+    """An env that returns the same observation array every step, updated in place (some envs do)."""
+
+    observation_space = spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self) -> None:
+        self.state = np.zeros(2, np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        self.state[:] = 0.0
+        return self.state, {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.state += (1.0, float(action))
+        return self.state, 1.0, False, bool(self.state[0] >= 5), {}
+
+
+def test_single_env_wrapper_keeps_its_own_copy_of_the_previous_observation() -> None:
+    class ObsDelta(RecordingReward):
+        def __call__(self, obs, action, next_obs, done):  # next_obs - obs on the counter: 1 in every transition
+            return (np.asarray(next_obs)[:, 0] - np.asarray(obs)[:, 0]).astype(np.float32)
+
+    env = LearnedReward(InPlaceEnv(), ObsDelta(InPlaceEnv.observation_space, InPlaceEnv.action_space))
+    rec = _rollout_single(env, [1, 0, 1, 1, 0, 1, 0], seed=0)
+    assert rec["reward"] == [1.0] * 7
+    assert rec["info"][4]["learned_episode"] == {"r": 5.0, "l": 5}
+
+
+class OneBuffer(VecEnvWrapper):
+    """Returns the same observation array every step, updated in place (a VecEnv may do that)."""
+
+    def reset(self) -> np.ndarray:
+        self.buf = np.array(self.venv.reset())
+        return self.buf
+
+    def step_wait(self) -> Any:
+        obs, rewards, dones, infos = self.venv.step_wait()
+        self.buf[...] = obs
+        return self.buf, rewards, dones, infos
+
+
+def test_vec_wrapper_over_a_vecenv_that_reuses_its_observation_buffer() -> None:
+    class Pairs(RecordingReward):
+        def __call__(self, obs, action, next_obs, done):
+            self.calls.append({"obs": np.array(obs), "next_obs": np.array(next_obs)})
+            return np.zeros(len(done), np.float32)
+
+    venv = OneBuffer(_vec("CartPole-v1", 3, seed=1))
+    fn = Pairs(venv.observation_space, venv.action_space)
+    rec = _rollout_vec(VecLearnedReward(venv, fn), _actions("CartPole-v1", 60, 3, seed=1))
+    for t in range(1, 60):
+        alive = ~rec["dones"][t - 1]  # envs that did not reset between the two calls
+        np.testing.assert_array_equal(fn.calls[t]["obs"][alive], fn.calls[t - 1]["next_obs"][alive])
+        assert not np.array_equal(fn.calls[t]["obs"], fn.calls[t]["next_obs"])
