@@ -76,7 +76,7 @@ def test_multi_task_training_reports_every_task(cartpole_ds: TransitionDataset, 
         assert m["n_train"] + m["n_val"] == len(ds) and m["n_val"] > 0
         assert math.isfinite(m["mse"])
     assert math.isnan(result.metrics["CartPole-v1"]["r2"])  # constant labels: R² undefined, mse tells the fit
-    assert result.metrics["CartPole-v1"]["mse"] < 1e-2
+    assert result.metrics["CartPole-v1"]["mse"] == 0.0  # constant labels are predicted exactly (below)
     assert len(result.history) == 3
     for epoch, row in enumerate(result.history, 1):
         assert row["epoch"] == epoch
@@ -182,3 +182,22 @@ def test_job_trains_only_the_named_tasks(data_dir: Path, tmp_path: Path) -> None
 def test_job_out_must_be_a_file_path(data_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="directory"):
         job.run([data_dir], tmp_path, TrainConfig(epochs=1), SMALL, progress=False, quiet=True)
+
+
+def test_constant_labels_are_predicted_exactly(cartpole_ds: TransitionDataset, pendulum_ds: TransitionDataset,
+                                               tmp_path: Path) -> None:
+    """CartPole's reward is +1 on every step: the model says exactly 1.0 on any input (torch and NumPy paths,
+    after a save and load), so an agent on it follows the same path as on the true reward."""
+    result = train_reward_model([cartpole_ds, pendulum_ds], TrainConfig(epochs=2, patience=0), model_config=SMALL,
+                                progress=False)
+    loaded = rm.load(rm.save(result.model, tmp_path / "m.safetensors"))
+    assert loaded.tasks["CartPole-v1"].label_std == 0.0 and loaded.tasks["Pendulum-v1"].label_std > 0
+    rng = np.random.default_rng(0)
+    obs = (rng.normal(size=(64, 4)) * 3).astype(np.float32)  # far outside the data too
+    nxt = (rng.normal(size=(64, 4)) * 3).astype(np.float32)
+    act, done = rng.integers(0, 2, 64), np.zeros(64, bool)
+    for m in (result.model, loaded):
+        assert np.all(m.predict("CartPole-v1", obs, act, nxt, done) == 1.0)
+        assert np.all(m.reward_fn("CartPole-v1")(obs, act, nxt, done) == 1.0)
+    p = pendulum_ds.subset(slice(0, 64))
+    assert np.std(loaded.predict("Pendulum-v1", p.obs, p.action, p.next_obs, p.terminated)) > 0.1  # untouched

@@ -12,6 +12,7 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnvWrapper
 
 from rlrm.data.collect import collect
+from rlrm.data.labels import label_with
 from rlrm.errors import ConfigError, RewardError, SpaceError
 from rlrm.model import RewardModel
 from rlrm.model.network import ModelConfig
@@ -28,8 +29,12 @@ ENV_IDS = ["CartPole-v1", "Pendulum-v1"]
 # --------------------------------------------------------------------------- fixtures and helpers
 @pytest.fixture(scope="module")
 def model() -> RewardModel:
-    """A small reward model with heads for CartPole-v1 (Discrete actions) and Pendulum-v1 (Box actions)."""
+    """A small reward model with heads for CartPole-v1 (Discrete actions) and Pendulum-v1 (Box actions).
+
+    CartPole's own reward is constant, which the model would predict exactly (see ``set_label_scale``): its
+    labels here are ``1 - |pole angle|``, so that the wrappers' rewards vary and comparisons mean something."""
     datasets = [collect(Task(e, e), 400, n_envs=4, seed=i, progress=False) for i, e in enumerate(ENV_IDS)]
+    datasets[0] = label_with(datasets[0], lambda d: 1.0 - np.abs(d.next_obs[:, 2]), "python:1-|angle|")
     return train_reward_model(datasets, TrainConfig(epochs=2, patience=0), progress=False).model
 
 

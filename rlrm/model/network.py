@@ -6,7 +6,7 @@ Layout::
     x = (features - mean) / std                  per input group (tasks with the same spaces share one)
     h = stem[group](x)                           Linear + activation (+ LayerNorm): maps any spaces to width[0]
     z = encoder(h)                               shared by every task
-    r = head[task](z) * label_std + label_mean   one Linear per task, in label units
+    r = head[task](z) * label_std + label_mean   one Linear per task, in label units (label_std 0: constant)
 
 Adding a task adds a head (and a stem if its spaces are new) without touching the encoder.
 """
@@ -190,9 +190,15 @@ class RewardModel(nn.Module):
         return getattr(self, f"norm_mean_{gid}"), getattr(self, f"norm_std_{gid}")
 
     def set_label_scale(self, task: str, mean: float, std: float) -> None:
-        """Set the label scale a head's output is mapped to (the head learns standardized labels)."""
+        """Set the label scale a head's output is mapped to (the head learns standardized labels).
+
+        ``std`` ~0 (constant labels, like CartPole's +1 on every step) stores ``label_std = 0``: the task then
+        predicts ``mean`` exactly, whatever its head says. The data carry nothing beyond that constant, and
+        the head's residual (~1e-3) would only add state-dependent noise to the reward, which is enough to
+        send an agent along another learning path than the one the true reward gives.
+        """
         info = self.head_info(task)
-        info.label_mean, info.label_std = float(mean), float(std if std > 1e-8 else 1.0)
+        info.label_mean, info.label_std = float(mean), float(std) if std > 1e-8 else 0.0
 
     # ------------------------------------------------------------------ computation
     def features(self, task: str, obs: Any, action: Any, next_obs: Any, done: Any) -> np.ndarray:

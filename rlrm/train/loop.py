@@ -164,11 +164,13 @@ def train_reward_model(datasets: Sequence[TransitionDataset], config: TrainConfi
         d.share = s
     total = sum(shares)
     steps = max(1, math.ceil(sum(len(d.y_train) for d in data) / cfg.batch_size))
-    scales = {d.name: model.tasks[d.name].label_std for d in data}
-    for d in data:  # the heads learn standardized labels (one fused mse per task, no per-step rescaling)
-        info = model.tasks[d.name]
-        d.z_train = (d.y_train - info.label_mean) / info.label_std
-        d.z_val = (d.y_val - info.label_mean) / info.label_std
+    # the heads learn standardized labels (one fused mse per task, no per-step rescaling); a task with constant
+    # labels (label_std 0) predicts its mean exactly, and its head learns z = 0 at scale 1 (unused, harmless)
+    scales = {d.name: model.tasks[d.name].label_std or 1.0 for d in data}
+    for d in data:
+        mean = model.tasks[d.name].label_mean
+        d.z_train = (d.y_train - mean) / scales[d.name]
+        d.z_val = (d.y_val - mean) / scales[d.name]
 
     best = (math.inf, 0, copy.deepcopy(model.state_dict()))
     history: list[dict[str, float]] = []
@@ -198,7 +200,7 @@ def train_reward_model(datasets: Sequence[TransitionDataset], config: TrainConfi
         row = {"epoch": epoch, "train/loss": running / steps, **{f"val/{k}/loss": v for k, v in val.items()}}
         for d in data:  # R² from the same numbers: mse = loss * scale², R² = 1 - mse / var(labels)
             var = float(d.y_val.var(unbiased=False)) if len(d.y_val) else 0.0
-            if d.name in val and var > 1e-12:
+            if d.name in val and var > 1e-12 and model.tasks[d.name].label_std > 0:
                 row[f"val/{d.name}/r2"] = 1.0 - val[d.name] * scales[d.name] ** 2 / var
         val_loss = float(np.mean(list(val.values()))) if val else row["train/loss"]
         row["val/loss"] = val_loss
