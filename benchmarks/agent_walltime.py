@@ -9,7 +9,7 @@ The number compared is ``train_seconds`` from the run's result (the wall time of
 env stack construction and the final evaluation are outside it); the process CPU time of the whole
 ``run`` call is shown beside it (less sensitive to other processes than wall time). Runs alternate
 (learned, true, learned, true, ...) so that load from other processes hits both; each pair gives a
-ratio, and the median ratio is reported.
+ratio, and the median ratio is reported. A short untimed run of each kind comes first (warm-up).
 
 Torch runs with ONE thread by default: on a 2-core machine shared with other work, a second intra-op
 thread makes every small op wait for a busy core (we measured 25 s to 230 s for the same 100k-step run),
@@ -17,12 +17,10 @@ which swamps the difference being measured. ``--threads 0`` keeps torch's defaul
 
     python benchmarks/agent_walltime.py              # 2 pairs of 100k-step runs (~3-4 min on 2 cores)
     python benchmarks/agent_walltime.py --quick      # 1 pair of 10k-step runs
-    python benchmarks/agent_walltime.py --exact      # learned reward == true reward: same trajectories
 
-A trained model's reward differs slightly from the true one (CartPole: ~1.02 instead of 1), so the two
-agents learn along different paths and do somewhat different work (episode count, returns).
-``--exact`` removes that difference: every step still computes the full network, but the head's
-weights are zero and its output is exactly 1.0.
+CartPole's reward is +1 on every step, so the trained model predicts exactly 1.0 (constant labels, see
+``RewardModel.set_label_scale``) while still running its whole network each step: both agents take the
+same path, and the ratio measures only the cost of the learned reward.
 """
 
 from __future__ import annotations
@@ -41,7 +39,6 @@ import rlrm.agents
 from rlrm import model as rm
 from rlrm.agents import load_spec
 from rlrm.data.collect import collect
-from rlrm.model.network import head_key
 from rlrm.runs import RunSpec, run
 from rlrm.tasks import Task
 from rlrm.train.loop import TrainConfig, train_reward_model
@@ -75,18 +72,11 @@ class TimedVecLearnedReward(VecLearnedReward):
         return out
 
 
-def reward_model(task: Task, out: Path, steps: int, exact: bool) -> Path:
+def reward_model(task: Task, out: Path, steps: int) -> Path:
     ds = collect(task, steps, "random", n_envs=8, seed=1000, progress=False)
     res = train_reward_model([ds], TrainConfig(epochs=5, seed=0), progress=False)
     print(f"reward model: {steps} random transitions, {res.history[-1]['epoch']} epochs, "
           f"val R² {res.metrics[task.name]['r2']:.3f}, {res.seconds:.1f} s")
-    if exact:  # the full network still runs; only the head's weights are zero, so it outputs exactly 1.0
-        head = res.model.heads[head_key(task.name)]
-        with torch.no_grad():
-            head.weight.zero_()
-            head.bias.zero_()
-        res.model.set_label_scale(task.name, 1.0, 1.0)
-        print("reward model made exact: its head outputs 1.0, CartPole's reward, so both runs take the same path")
     return rm.save(res.model, out / "reward_model.safetensors")
 
 
@@ -97,9 +87,6 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=None, help="(learned, true) pairs (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--true-first", action="store_true", help="order true, learned in each pair")
-    p.add_argument("--exact", action="store_true",
-                   help="zero the reward head so the learned reward is exactly the true one (1.0): the agents then "
-                        "follow identical trajectories and the ratio measures only the cost of the learned reward")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1; 0: torch's default)")
     p.add_argument("--out-dir", type=Path, default=Path("/tmp/rlrm_bench/agent_walltime"),
                    help="a fresh timestamped folder is made inside for this invocation")
@@ -114,12 +101,17 @@ def main() -> None:
           f"({torch.get_num_threads()} threads), numpy {np.__version__}; runs in {out}")
 
     task = Task("CartPole-v1", "CartPole-v1")
-    model_path = reward_model(task, out, 10_000, args.exact)
+    model_path = reward_model(task, out, 10_000)
     agent = load_spec("ppo", task, {"n_timesteps": timesteps})
     runs: list[tuple[str, float, float, float]] = []  # (reward, learn wall s, run() CPU s, run() wall s)
     in_reward: list[tuple[float, int, float]] = []
     rlrm.agents.VecLearnedReward = TimedVecLearnedReward  # make_vec_env builds this one (timing only)
     order = ("true", "learned") if args.true_first else ("learned", "true")
+    # untimed warm-up of both kinds: the first run in a process pays one-off costs (imports, first calls)
+    warm = load_spec("ppo", task, {"n_timesteps": 2048})
+    for reward in order:
+        run(RunSpec(task, warm, seed=args.seed, reward=reward, reward_model=str(model_path), eval_freq=10**9,
+                    eval_episodes=1), out / f"warmup_{reward}", progress=False, command="benchmarks/agent_walltime.py")
     for k in range(pairs):
         for reward in order:
             spec = RunSpec(task, agent, seed=args.seed, reward=reward, reward_model=str(model_path),
