@@ -228,12 +228,8 @@ def _multi_discrete(space: spaces.MultiDiscrete, name: str) -> tuple[int, Blocks
 
 # --------------------------------------------------------------------------- batches and leaves
 def add_batch_dim(space: spaces.Space, x: Any) -> Batch:
-    """Turn one sample into a batch of one."""
-    if isinstance(space, spaces.Dict):
-        return {k: add_batch_dim(s, x[k]) for k, s in space.spaces.items()}
-    if isinstance(space, spaces.Tuple):
-        return tuple(add_batch_dim(s, x[i]) for i, s in enumerate(space.spaces))
-    return np.asarray(x)[None]
+    """Turn one sample into a batch of one (a copy). Where this runs per step, keep a :func:`one_batcher`."""
+    return one_batcher(space)(x)
 
 
 def one_batcher(space: spaces.Space) -> Callable[[Any], Batch]:
