@@ -185,6 +185,9 @@ class NumpyRewardFn:
     into a preallocated contiguous buffer plus its activation; ReLU keeps the ones column as it is,
     other activations and LayerNorm are applied to the view without it. The head is a matrix-vector
     ``np.dot`` that returns a fresh array (in float32 mode, already the result).
+
+    Not thread-safe: calls share the preallocated buffers (each wrapper builds its own instance, and
+    SubprocVecEnv workers have their own copies). The returned array is always fresh.
     """
 
     def __init__(self, group: InputGroup, layers: list[tuple[np.ndarray, list[Any], bool]], task: str,
