@@ -1,8 +1,10 @@
-"""Atomic writes: write to a temporary sibling, then rename, so readers never see half a file."""
+"""Files: atomic writes (a temporary sibling, then a rename, so readers never see half a file), file
+digests and file-safe names. The one place rlrm writes files from."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -27,6 +29,38 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def temp_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path (same suffix) for a writer that needs a file name (``agent.save``,
+    ``np.savez``); it replaces ``path`` only if the block finishes, and is removed if it fails."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file's bytes (read in chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def slug(name: str) -> str:
+    """A name as an ASCII file/folder/artifact name (``Pendulum-v1/upright`` → ``Pendulum-v1__upright``)."""
+    return "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "_" for c in name.replace("/", "__"))
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -174,8 +174,7 @@ def run(spec: RunSpec, output_dir: str | os.PathLike, resume: bool = False, wand
         atomic.write_json(run_dir / "config.json", {"rlrm_version": rlrm.__version__, "key": spec.key(),
                                                     "command": command or " ".join(sys.argv), **spec.to_dict()})
     wandb = wandb or WandbOptions()
-    tracker = init_wandb(wandb.enabled, project=wandb.project, mode=wandb.mode, entity=wandb.entity,
-                         group=wandb.group, job_type="train_agent", directory=run_dir,
+    tracker = init_wandb(wandb, job_type="train_agent", directory=run_dir,
                          name=f"{spec.task.name}-{spec.agent.algo}-s{spec.seed}-{spec.reward}",
                          config={"run_dir": str(run_dir), **spec.to_dict()})
     try:

@@ -6,7 +6,6 @@ no API key or the W&B host cannot be reached within 2 s, before ``wandb.init`` i
 
 from __future__ import annotations
 
-import hashlib
 import netrc
 import os
 import socket
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+from rlrm.atomic import file_sha256, slug
 from rlrm.errors import ConfigError
 
 MODES = ("auto", "online", "offline", "disabled")
@@ -35,6 +35,8 @@ class WandbOptions:
 class Tracker(Protocol):
     """What training code logs through."""
 
+    run_id: str | None
+
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None: ...
     def summary(self, values: dict[str, Any]) -> None: ...
     def table(self, name: str, rows: list[dict[str, Any]]) -> None: ...
@@ -44,6 +46,8 @@ class Tracker(Protocol):
 
 class NullTracker:
     """Logs nothing."""
+
+    run_id: str | None = None
 
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
         pass
@@ -84,7 +88,7 @@ def resolve_mode(requested: str | None) -> tuple[str, str | None]:
     if requested == "dryrun":
         requested = "offline"
     if requested not in MODES:
-        raise ConfigError(f"--wandb-mode {requested!r}: expected one of {', '.join(MODES)}")
+        raise ConfigError(f"wandb mode {requested!r}: expected one of {', '.join(MODES)}")
     if requested in ("offline", "disabled"):
         return requested, None
     url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
@@ -101,6 +105,11 @@ class WandbTracker:
 
     def __init__(self, run: Any) -> None:
         self.run = run
+
+    @property
+    def run_id(self) -> str:
+        """The W&B run id (store it to resume the same run later)."""
+        return str(self.run.id)
 
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
         self.run.log(metrics, step=step)
@@ -123,8 +132,8 @@ class WandbTracker:
         import wandb
 
         path = Path(path)
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        art = wandb.Artifact(_artifact_name(name), type=type, metadata={"path": str(path), "sha256": digest})
+        digest = file_sha256(path)
+        art = wandb.Artifact(slug(name), type=type, metadata={"path": str(path), "sha256": digest})
         art.add_file(str(path))
         if role == "input":
             self.run.config.update({f"input/{type}": str(path), f"input/{type}_sha256": digest},
@@ -138,17 +147,17 @@ class WandbTracker:
         self.run.finish()
 
 
-def _artifact_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+def init_wandb(options: WandbOptions | None, *, config: dict[str, Any] | None = None, name: str | None = None,
+               job_type: str | None = None, directory: str | os.PathLike | None = None,
+               run_id: str | None = None) -> Tracker:
+    """A W&B tracker for ``options`` (mode resolved by :func:`resolve_mode`), or a :class:`NullTracker` when
+    W&B is off.
 
-
-def init_wandb(enabled: bool, *, project: str, mode: str | None = None, entity: str | None = None,
-               config: dict[str, Any] | None = None, name: str | None = None, group: str | None = None,
-               job_type: str | None = None, directory: str | os.PathLike | None = None) -> Tracker:
-    """A W&B tracker if ``enabled`` (mode resolved by :func:`resolve_mode`), else a :class:`NullTracker`."""
-    if not enabled:
+    :param run_id: resume this W&B run (a resumed rlrm run keeps logging into the same W&B run).
+    """
+    if options is None or not options.enabled:
         return NullTracker()
-    resolved, notice = resolve_mode(mode)
+    resolved, notice = resolve_mode(options.mode)
     if resolved == "disabled":
         return NullTracker()
     if notice:
@@ -160,7 +169,8 @@ def init_wandb(enabled: bool, *, project: str, mode: str | None = None, entity: 
         # absolute: W&B's service process outlives a run and resolves relative paths against its own cwd
         directory = Path(directory).resolve()
         directory.mkdir(parents=True, exist_ok=True)
-    run = wandb.init(project=project, entity=entity, config=config or {}, name=name, group=group,
-                     job_type=job_type, dir=str(directory) if directory else None, mode=resolved,
-                     reinit="create_new", settings=wandb.Settings(init_timeout=30, console="off"))
+    run = wandb.init(project=options.project, entity=options.entity, config=config or {}, name=name,
+                     group=options.group, job_type=job_type, dir=str(directory) if directory else None,
+                     mode=resolved, reinit="create_new", id=run_id, resume="allow" if run_id else None,
+                     settings=wandb.Settings(init_timeout=30, console="off"))
     return WandbTracker(run)

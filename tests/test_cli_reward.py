@@ -256,7 +256,7 @@ def test_auto_mode_without_credentials_goes_offline_with_a_notice(requested: str
 def test_wandb_mode_environment_variable_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert tracking.resolve_mode(None) == ("disabled", None)
-    assert isinstance(tracking.init_wandb(True, project="p"), tracking.NullTracker)
+    assert isinstance(tracking.init_wandb(tracking.WandbOptions(True, project="p")), tracking.NullTracker)
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert tracking.resolve_mode(None) == ("offline", None)
     assert tracking.resolve_mode("disabled") == ("disabled", None)  # an explicit mode wins
@@ -278,4 +278,4 @@ def test_unknown_mode_is_a_config_error() -> None:
 
 
 def test_disabled_tracker_is_a_null_tracker() -> None:
-    assert isinstance(tracking.init_wandb(False, project="p", mode="online"), tracking.NullTracker)
+    assert isinstance(tracking.init_wandb(tracking.WandbOptions(False, project="p", mode="online")), tracking.NullTracker)

@@ -48,8 +48,7 @@ def run(data: Sequence[str | os.PathLike], out: str | os.PathLike, config: Train
     datasets = load_datasets(data, tasks)
     base = rm.load(init) if init else None
     wandb = wandb or WandbOptions()
-    tracker = init_wandb(wandb.enabled, project=wandb.project, mode=wandb.mode, entity=wandb.entity,
-                         group=wandb.group, job_type="train_reward", directory=out.parent,
+    tracker = init_wandb(wandb, job_type="train_reward", directory=out.parent,
                          config={"train": asdict(config), "model": asdict(model_config or ModelConfig()),
                                  "data": [str(p) for p in data], "tasks": [ds.task.name for ds in datasets]})
     try:
