@@ -1,6 +1,6 @@
 """Agent-training wall time on the learned reward against the true reward (PPO, CartPole-v1, 100k steps).
 
-Both runs go through ``rlrm.runs.run`` with the same ``RunSpec`` except the reward source (as
+Both runs go through ``rlrm.rl.runs.train_run`` with the same ``RunSpec`` except the reward source (as
 ``train_agent`` plans them: the true-reward run also gets the model file, used only to report learned
 returns at evaluation), the same seed, progress off, periodic evaluation off (``eval_freq`` past the end)
 and a small final evaluation. The reward model is trained quickly on 10k random CartPole transitions.
@@ -35,11 +35,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import rlrm.agents
+import rlrm.rl.envs
 from rlrm import model as rm
-from rlrm.agents import load_spec
-from rlrm.data.collect import collect
-from rlrm.runs import RunSpec, run
+from rlrm.data.rollout import collect
+from rlrm.rl.hyperparams import load_spec
+from rlrm.rl.runs import RunSpec, train_run
 from rlrm.tasks import Task
 from rlrm.train.loop import TrainConfig, train_reward_model
 from rlrm.wrappers import VecLearnedReward
@@ -105,12 +105,12 @@ def main() -> None:
     agent = load_spec("ppo", task, {"n_timesteps": timesteps})
     runs: list[tuple[str, float, float, float]] = []  # (reward, learn wall s, run() CPU s, run() wall s)
     in_reward: list[tuple[float, int, float]] = []
-    rlrm.agents.VecLearnedReward = TimedVecLearnedReward  # make_vec_env builds this one (timing only)
+    rlrm.rl.envs.VecLearnedReward = TimedVecLearnedReward  # make_vec_env builds this one (timing only)
     order = ("true", "learned") if args.true_first else ("learned", "true")
     # untimed warm-up of both kinds: the first run in a process pays one-off costs (imports, first calls)
     warm = load_spec("ppo", task, {"n_timesteps": 2048})
     for reward in order:
-        run(RunSpec(task, warm, seed=args.seed, reward=reward, reward_model=str(model_path), eval_freq=10**9,
+        train_run(RunSpec(task, warm, seed=args.seed, reward=reward, reward_model=str(model_path), eval_freq=10**9,
                     eval_episodes=1), out / f"warmup_{reward}", progress=False, command="benchmarks/agent_walltime.py")
     for k in range(pairs):
         for reward in order:
@@ -120,7 +120,7 @@ def main() -> None:
             timed.outer = timed.inner = 0.0
             timed.calls = 0
             t0, c0 = time.perf_counter(), time.process_time()
-            res = run(spec, out / f"pair{k}_{reward}", progress=False, command="benchmarks/agent_walltime.py")
+            res = train_run(spec, out / f"pair{k}_{reward}", progress=False, command="benchmarks/agent_walltime.py")
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             runs.append((reward, res["train_seconds"], cpu, wall))
             extra = ""

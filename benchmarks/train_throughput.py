@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlrm.data.collect import collect
 from rlrm.data.dataset import TransitionDataset
+from rlrm.data.rollout import collect
 from rlrm.model.network import ModelConfig, RewardModel
 from rlrm.tasks import Task
 from rlrm.train.loop import TrainConfig, train_reward_model

@@ -6,7 +6,7 @@
 import numpy as np
 
 from rlrm.data import labels
-from rlrm.data.collect import collect
+from rlrm.data.rollout import collect
 from rlrm.tasks import Task
 from rlrm.train import TrainConfig, train_reward_model
 

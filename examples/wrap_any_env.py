@@ -10,8 +10,8 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from rlrm.data.collect import collect
-from rlrm.evaluation import evaluate
+from rlrm.data.rollout import collect
+from rlrm.rl.evaluation import evaluate_agent
 from rlrm.tasks import Task
 from rlrm.train import TrainConfig, train_reward_model
 from rlrm.wrappers import VecLearnedReward
@@ -37,6 +37,6 @@ agent.learn(30_000)
 
 # 4. Evaluate: true return (Monitor) and learned return side by side.
 eval_env = VecLearnedReward(DummyVecEnv([make_env] * 2), model, task=env_id)
-summary = evaluate(agent, eval_env, n_episodes=10).summary()
+summary = evaluate_agent(agent, eval_env, n_episodes=10).summary()
 print(f"{env_id}: true return {summary['true_mean']:.1f} ± {summary['true_std']:.1f}, "
       f"learned return {summary['learned_mean']:.1f}")

@@ -1,11 +1,18 @@
-"""Shared CLI plumbing: one-line errors, non-zero exit, traceback only with --debug."""
+"""Shared CLI plumbing: one-line errors naming the flag, non-zero exit, traceback only with --debug; the end-of-run
+tables (the first thing a person reads)."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
 
 from rlrm.errors import RlrmError
 from rlrm.tracking import WandbOptions
@@ -16,10 +23,12 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
 
 
-def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser,
-        argv: Sequence[str] | None = None) -> int:
+def run_main(main: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser,
+             argv: Sequence[str] | None = None, flags: Mapping[str, str] | None = None) -> int:
     """Parse ``argv`` and call ``main``; print :class:`RlrmError` as one line and return exit code 2.
 
+    :param flags: library parameter names and the flags that set them (``{"output_dir": "--output-dir"}``): an
+        error message that starts with a parameter name is shown with the flag instead.
     :return: the process exit code (0 on success).
     """
     args = parser.parse_args(argv)
@@ -29,7 +38,7 @@ def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.Argum
     except RlrmError as err:
         if getattr(args, "debug", False):
             raise
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        print(f"{parser.prog}: error: {in_cli_terms(str(err), flags or {})}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
@@ -39,6 +48,14 @@ def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.Argum
             raise
         print(f"{parser.prog}: error: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
+
+
+def in_cli_terms(message: str, flags: Mapping[str, str]) -> str:
+    """A library message (which names parameters) in a CLI's terms (its flags), first word only."""
+    m = re.match(r"(\w+)\b", message)
+    if m and m.group(1) in flags:
+        return flags[m.group(1)] + message[m.end():]
+    return message
 
 
 def add_wandb_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, what: str = "") -> None:
@@ -67,8 +84,8 @@ def configure_process() -> None:
     """CLI-wide settings: quiet W&B console output, and one torch thread (``$RLRM_TORCH_THREADS`` overrides).
 
     One thread because rlrm's networks are small MLPs stepped between env steps: a second intra-op thread
-    buys nothing on an idle machine (PPO CartPole 20k: 4.1 s vs 4.3 s here) and is several times slower
-    when the cores are shared (75.8 s vs 12.1 s with other jobs running).
+    buys nothing on an idle machine and is several times slower when the cores are shared (measured in
+    benchmarks/RESULTS.md).
     """
     os.environ.setdefault("WANDB_SILENT", "true")
     import torch
@@ -78,3 +95,34 @@ def configure_process() -> None:
     except ValueError:
         raise RlrmError(f"$RLRM_TORCH_THREADS must be a positive integer, got "
                         f"{os.environ['RLRM_TORCH_THREADS']!r}") from None
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """Numbers short and aligned; NaN/None as ``-``."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        if value != 0 and (abs(value) >= 1e5 or abs(value) < 10 ** -digits):
+            return f"{value:.{digits}g}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None,
+                digits: int = 3, caption: str | None = None) -> None:
+    """Print ``rows`` (dicts) as a table with ``columns`` (default: the first row's keys)."""
+    columns = list(columns or (rows[0].keys() if rows else []))
+    table = Table(title=title, title_justify="left", header_style="bold", caption=caption, caption_justify="left")
+    for i, c in enumerate(columns):
+        table.add_column(c, justify="left" if i == 0 else "right")
+    for r in rows:
+        table.add_row(*(fmt(r.get(c), digits) for c in columns))
+    console = Console()
+    # Off a terminal (CI logs, pipes) rich assumes 80 columns and wraps cells; let the table be as wide as it is.
+    Console(width=console.width if console.is_terminal else 200).print(table)

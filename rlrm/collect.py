@@ -6,11 +6,16 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from gymnasium import spaces
+
 from rlrm import cli
-from rlrm.console import print_table, slug
-from rlrm.data.collect import collect, summary_row
+from rlrm.atomic import slug
+from rlrm.data.rollout import collect, summary_row
 from rlrm.errors import ConfigError
-from rlrm.tasks import load_catalog
+from rlrm.rl.files import agent_policy
+from rlrm.tasks import Task, load_catalog
+
+FLAGS = {"policy": "--policy", "steps": "--steps", "out": "--out"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,18 +41,26 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError("name at least one --task or --suite")
     rows = []
     for i, task in enumerate(tasks):
-        ds = collect(task, args.steps, args.policy, n_envs=args.n_envs, seed=args.seed + 1000 * i,
-                     labeler=args.labeler, progress=not args.no_progress)
+        seed = args.seed + 1000 * i
+        policy = None if args.policy == "random" else agent_policy(args.policy, _action_space(task), args.n_envs, seed)
+        ds = collect(task, args.steps, policy, n_envs=args.n_envs, seed=seed, labeler=args.labeler,
+                     progress=not args.no_progress, policy_name=args.policy)
         path = ds.save(args.out / slug(task.name))
         rows.append({**summary_row(ds), "path": str(path)})
-    print_table(f"Collected transitions ({args.policy} policy)", rows,
+    cli.print_table(f"Collected transitions ({args.policy} policy)", rows,
                 ["task", "transitions", "episodes", "label_source", "label_mean", "label_std", "path"])
     return 0
 
 
+def _action_space(task: Task) -> spaces.Space:
+    env = task.make_env()
+    env.close()
+    return env.action_space
+
+
 def entry(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default: ``sys.argv``); returns the exit code."""
-    return cli.run(main, build_parser(), argv)
+    return cli.run_main(main, build_parser(), argv, FLAGS)
 
 
 if __name__ == "__main__":

@@ -23,13 +23,19 @@ class RewardFn(Protocol):
     def __call__(self, obs: Any, action: Any, next_obs: Any, done: np.ndarray) -> np.ndarray: ...
 
 
-def as_reward_fn(source: Any, task: str | None = None) -> RewardFn:
+class RewardSource(Protocol):
+    """Anything that gives a task's :class:`RewardFn`, such as :class:`rlrm.model.RewardModel`."""
+
+    def reward_fn(self, task: str) -> RewardFn: ...
+
+
+def as_reward_fn(source: RewardFn | RewardSource, task: str | None = None) -> RewardFn:
     """Turn ``source`` into a :class:`RewardFn`: a RewardFn as-is, or anything with ``reward_fn(task)``
     (such as :class:`rlrm.model.RewardModel`)."""
     if hasattr(source, "reward_fn"):
         if task is None:
             raise TypeError("a task name is needed to pick the reward head")
-        return source.reward_fn(task)
+        return source.reward_fn(task)  # type: ignore[union-attr]
     if isinstance(source, RewardFn):
         return source
     raise TypeError(f"expected a RewardFn or a reward model, got {type(source).__name__}")

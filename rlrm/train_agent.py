@@ -15,12 +15,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rlrm import atomic, cli, pipeline
-from rlrm.agents import check_spec, default_algo, load_spec, parse_params
-from rlrm.console import print_table
-from rlrm.runs import RunInterrupted
-from rlrm.runs import run as run_one
+from rlrm import atomic, cli, experiment
+from rlrm.rl.hyperparams import check_spec, default_algo, load_spec, parse_params
+from rlrm.rl.runs import RunInterrupted, train_run
 from rlrm.tasks import load_catalog
+from rlrm.train_reward import print_metrics
+from rlrm.wrappers import RewardShaping
+
+FLAGS = {"output_dir": "--output-dir", "params": "--params", "reward_model": "--reward-model",
+         "hyperparams_dir": "--hyperparams-dir"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,34 +87,55 @@ def main(args: argparse.Namespace) -> int:
     wandb = cli.wandb_options(args, group)
     reward_model = args.reward_model
     if reward_model is not None:
-        pipeline.check_heads(reward_model, tasks)
+        experiment.check_heads(reward_model, tasks)
     elif args.reward == "learned":
-        reward_model = pipeline.build_reward_model(tasks, args.output_dir / "reward", args.collect_steps,
-                                                   args.reward_epochs, reuse=args.resume, wandb=wandb,
-                                                   progress=not args.no_progress)
+        built = experiment.build_reward_model(tasks, args.output_dir / "reward", collect_steps=args.collect_steps,
+                                              epochs=args.reward_epochs, reuse=args.resume, wandb=wandb,
+                                              progress=not args.no_progress)
+        reward_model = built.path
+        if built.result is None:
+            print(f"reusing reward model {built.path}", file=sys.stderr)
+        else:
+            print_metrics(built.path, built.result)
     rewards = [args.reward] + (["true"] if baseline and args.reward != "true" else [])
-    specs = pipeline.plan_runs(tasks, reward_model, pipeline.PlanOptions(
-        args.algo, args.seed or [0], rewards, overrides, args.hyperparams_dir, args.eval_freq, args.eval_episodes,
-        args.checkpoint_freq or 0, {"scale": args.reward_scale, "clip": args.reward_clip, "alpha": args.reward_alpha}))
+    specs = experiment.plan_runs(tasks, reward_model, experiment.PlanOptions(
+        algo=args.algo, seeds=args.seed or [0], rewards=rewards, overrides=overrides,
+        hyperparams_dir=args.hyperparams_dir, eval_freq=args.eval_freq, eval_episodes=args.eval_episodes,
+        checkpoint_freq=args.checkpoint_freq or 0,
+        shaping=RewardShaping(args.reward_scale, args.reward_clip, args.reward_alpha)))
     results = []
     for i, spec in enumerate(specs, 1):
         print(f"[{i}/{len(specs)}] {spec.name}: {spec.agent.n_timesteps:,} steps", file=sys.stderr)
         try:
-            results.append(run_one(spec, args.output_dir, resume=args.resume, wandb=wandb,
-                                   progress=not args.no_progress, command=" ".join(sys.argv)))
+            results.append(train_run(spec, args.output_dir, resume=args.resume, wandb=wandb,
+                                     progress=not args.no_progress, command=" ".join(sys.argv)))
         except RunInterrupted as err:
             print(f"{err}", file=sys.stderr)
             return 130
     atomic.write_json(args.output_dir / "results.json", results)
-    print_table("Agents evaluated on the TRUE reward "
-                f"({args.eval_episodes} deterministic episodes each; results in {args.output_dir}/results.json)",
-                pipeline.table_rows(results))
+    print_results(results, args.eval_episodes, args.output_dir)
     return 0
+
+
+def print_results(results: list[dict[str, Any]], episodes: int, output_dir: Path) -> None:
+    """The final table: true return (and learned) of every run, the true-reward baseline beside it."""
+    fmt = cli.fmt
+
+    def pm(mean: float | None, std: float | None) -> str:
+        return "-" if mean is None else f"{fmt(mean, 1)} ± {fmt(std, 1)}"
+
+    rows = [{"task": r["task"], "algo": r["algo"], "seed": r["seed"], "reward": r["reward"],
+             "timesteps": r["timesteps"], "true return": pm(r["true_mean"], r["true_std"]),
+             "learned return": fmt(r["learned_mean"], 1),
+             "baseline true return": pm(r["baseline_mean"], r["baseline_std"]),
+             "train s": f"{r['train_seconds']:.1f}"} for r in experiment.table_rows(results)]
+    cli.print_table("Agents evaluated on the TRUE reward "
+                    f"({episodes} deterministic episodes each; results in {output_dir}/results.json)", rows)
 
 
 def entry(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default: ``sys.argv``); returns the exit code."""
-    return cli.run(main, build_parser(), argv)
+    return cli.run_main(main, build_parser(), argv, FLAGS)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rlrm import cli
-from rlrm.model.network import INPUTS, ModelConfig
-from rlrm.train import job
-from rlrm.train.loop import SAMPLING, TrainConfig
+from rlrm.model.features import INPUTS
+from rlrm.model.network import ModelConfig
+from rlrm.train.job import train_job
+from rlrm.train.loop import SAMPLING, TrainConfig, TrainResult
+
+FLAGS = {"out": "--out", "tasks": "--tasks", "init": "--init", "data": "--data"}
+METRIC_COLUMNS = ["task", "n_train", "n_val", "mse", "r2", "spearman", "ranking_acc"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,15 +47,22 @@ def main(args: argparse.Namespace) -> int:
                       freeze_encoder=args.freeze_encoder)
     model_cfg = ModelConfig(encoder=args.encoder, activation=args.activation, layer_norm=args.layer_norm,
                             inputs=[s.strip() for s in args.inputs.split(",") if s.strip()])
-    job.run(args.data, args.out, cfg, model_cfg, tasks=args.tasks, init=args.init,
-            wandb=cli.wandb_options(args),
-            progress=not args.no_progress)
+    result = train_job(args.data, args.out, cfg, model_cfg, tasks=args.tasks, init=args.init,
+                       wandb=cli.wandb_options(args), progress=not args.no_progress)
+    print_metrics(args.out, result)
     return 0
+
+
+def print_metrics(out: Path, result: TrainResult) -> None:
+    """The held-out metrics table of a trained model."""
+    rows = [{"task": t, **m} for t, m in result.metrics.items()]
+    cli.print_table(f"Reward model {out} (held-out episodes; best epoch {result.best_epoch}/{len(result.history)})",
+                    rows, METRIC_COLUMNS, caption="r2/spearman '-': the labels are constant there (mse tells the fit)")
 
 
 def entry(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default: ``sys.argv``); returns the exit code."""
-    return cli.run(main, build_parser(), argv)
+    return cli.run_main(main, build_parser(), argv, FLAGS)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ an episode ``info["learned_episode"] = {"r": learned return, "l": length}`` (Mon
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
@@ -19,22 +20,38 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
 from rlrm import spaces as sp
-from rlrm.errors import RewardError
-from rlrm.reward_fn import RewardFn, as_reward_fn
+from rlrm.errors import ConfigError, RewardError
+from rlrm.reward_fn import RewardFn, RewardSource, as_reward_fn
 
 _FOLD = 32  # steps between folds of the float32 learned-return partial sums into float64 (error < 2e-6)
 
 
-class RewardTransform:
-    """``alpha * clip(scale * learned) + (1 - alpha) * true``, shared by both wrappers."""
+@dataclass(frozen=True)
+class RewardShaping:
+    """What an agent is paid: ``alpha * clip(scale * learned) + (1 - alpha) * true`` (the default: the learned
+    reward as it is). One frozen value that travels from the CLI to the wrapper and into a run's config.
 
-    def __init__(self, scale: float = 1.0, clip: float | None = None, alpha: float = 1.0) -> None:
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        if clip is not None and clip <= 0:
-            raise ValueError(f"clip must be positive, got {clip}")
-        self.scale, self.clip, self.alpha = float(scale), clip, float(alpha)
-        self.identity = self.scale == 1.0 and clip is None and self.alpha == 1.0
+    :param scale: multiply the learned reward.
+    :param clip: clip the scaled learned reward to ``[-clip, clip]`` (``None``: no clipping).
+    :param alpha: mix ``alpha * learned + (1 - alpha) * true`` (1: learned only).
+    """
+
+    scale: float = 1.0
+    clip: float | None = None
+    alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"reward shaping: alpha must be in [0, 1], got {self.alpha}")
+        if self.clip is not None and not self.clip > 0:
+            raise ConfigError(f"reward shaping: clip must be positive, got {self.clip}")
+        if not math.isfinite(self.scale):
+            raise ConfigError(f"reward shaping: scale must be finite, got {self.scale}")
+
+    @property
+    def identity(self) -> bool:
+        """True when the agent is paid the learned reward as it is."""
+        return self.scale == 1.0 and self.clip is None and self.alpha == 1.0
 
     def __call__(self, learned: np.ndarray, true: np.ndarray) -> np.ndarray:
         if self.identity:
@@ -45,6 +62,20 @@ class RewardTransform:
         if self.alpha != 1.0:
             r = self.alpha * r + (1.0 - self.alpha) * np.asarray(true, dtype=np.float32)
         return r.astype(np.float32, copy=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (stored in a run's config)."""
+        return {"scale": self.scale, "clip": self.clip, "alpha": self.alpha}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> RewardShaping:
+        """Inverse of :meth:`to_dict` (``None`` or ``{}``: the identity)."""
+        d = d or {}
+        try:
+            return cls(float(d.get("scale", 1.0)), None if d.get("clip") is None else float(d["clip"]),
+                       float(d.get("alpha", 1.0)))
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"reward shaping {d!r}: {err}") from None
 
 
 def _check_spaces(fn: RewardFn, obs_space: gym.Space, action_space: gym.Space, task: str | None) -> None:
@@ -66,18 +97,16 @@ class LearnedReward(gym.Wrapper):
     :param env: any Gymnasium env whose spaces the reward function accepts.
     :param reward: a :class:`RewardFn`, or a reward model (anything with ``reward_fn(task)``).
     :param task: the model head to use (needed with a model).
-    :param scale: multiply the learned reward.
-    :param clip: clip the scaled learned reward to ``[-clip, clip]``.
-    :param alpha: mix ``alpha * learned + (1 - alpha) * true`` (1: learned only).
+    :param shaping: scale/clip/mix of the learned reward (default: as it is).
     """
 
-    def __init__(self, env: gym.Env, reward: Any, task: str | None = None, scale: float = 1.0,
-                 clip: float | None = None, alpha: float = 1.0) -> None:
+    def __init__(self, env: gym.Env, reward: RewardFn | RewardSource, task: str | None = None,
+                 shaping: RewardShaping | None = None) -> None:
         super().__init__(env)
         self.reward_fn: RewardFn = as_reward_fn(reward, task)
         self.task = task
         _check_spaces(self.reward_fn, env.observation_space, env.action_space, task)
-        self.transform = RewardTransform(scale, clip, alpha)
+        self.transform = shaping or RewardShaping()
         self._batch_obs = sp.one_batcher(env.observation_space)
         self._batch_action = sp.one_batcher(env.action_space)
         self._obs: Any = None  # the last observation, as a batch of one (a copy)
@@ -122,13 +151,13 @@ class VecLearnedReward(VecEnvWrapper):
     VecEnv has already reset that env). Parameters as in :class:`LearnedReward`.
     """
 
-    def __init__(self, venv: VecEnv, reward: Any, task: str | None = None, scale: float = 1.0,
-                 clip: float | None = None, alpha: float = 1.0) -> None:
+    def __init__(self, venv: VecEnv, reward: RewardFn | RewardSource, task: str | None = None,
+                 shaping: RewardShaping | None = None) -> None:
         super().__init__(venv)
         self.reward_fn: RewardFn = as_reward_fn(reward, task)
         self.task = task
         _check_spaces(self.reward_fn, venv.observation_space, venv.action_space, task)
-        self.transform = RewardTransform(scale, clip, alpha)
+        self.transform = shaping or RewardShaping()
         self._composite = isinstance(venv.observation_space, (gym.spaces.Dict, gym.spaces.Tuple))
         # DummyVecEnv and SubprocVecEnv return fresh observation arrays every step; another VecEnv may update one
         # buffer in place, so over those the wrapper keeps its own copy of the previous observation.
@@ -156,8 +185,7 @@ class VecLearnedReward(VecEnvWrapper):
         self.venv.step_async(actions)
 
     def step_wait(self) -> VecEnvStepReturn:
-        # The hot path of every vector step: keep the number of numpy calls small (each costs ~0.5-1 us,
-        # the env step of 8 classic-control envs ~70 us).
+        # The hot path of every vector step: keep the number of numpy calls small (benchmarks/RESULTS.md).
         obs, true_rewards, dones, infos = self.venv.step_wait()
         t = self._t = self._t + 1
         ended = dones.nonzero()[0].tolist()

@@ -15,8 +15,8 @@ torch.set_num_threads(1)
 os.environ["WANDB_MODE"] = "offline"
 os.environ["WANDB_SILENT"] = "true"
 
-from rlrm.data.collect import collect  # noqa: E402
 from rlrm.data.dataset import TransitionDataset  # noqa: E402
+from rlrm.data.rollout import collect  # noqa: E402
 from rlrm.tasks import Catalog, load_catalog  # noqa: E402
 
 

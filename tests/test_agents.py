@@ -1,4 +1,5 @@
-"""rlrm.agents: hyperparameters as data, kwargs building, the env stack, VecNormalize statistics, agent files."""
+"""rlrm.rl (hyperparams, envs, files): hyperparameters as data, kwargs building, the env stack, VecNormalize
+statistics, agent files."""
 
 from __future__ import annotations
 
@@ -18,22 +19,10 @@ from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from torch import nn
 
-from rlrm.agents import (
-    ALGOS,
-    AgentSpec,
-    build_kwargs,
-    check_spec,
-    default_algo,
-    detect_algo,
-    load_agent,
-    load_spec,
-    load_vecnormalize,
-    make_vec_env,
-    parse_params,
-    save_vecnormalize,
-    sync_normalization,
-)
 from rlrm.errors import ConfigError
+from rlrm.rl.envs import load_vecnormalize, make_vec_env, save_vecnormalize, sync_normalization
+from rlrm.rl.files import detect_algo, load_agent
+from rlrm.rl.hyperparams import ALGOS, AgentSpec, build_kwargs, check_spec, default_algo, load_spec, parse_params
 from rlrm.tasks import Task
 from rlrm.wrappers import VecLearnedReward
 
@@ -130,7 +119,7 @@ def test_parse_params() -> None:
         "learning_rate": "lin_0.001", "gamma": 0.9, "use_sde": True}
     assert parse_params([]) == {}
     for bad in ("n_steps", ":64", "net_arch:[16, 32"):
-        with pytest.raises(ConfigError, match="--params"):
+        with pytest.raises(ConfigError, match="params"):
             parse_params([bad])
 
 

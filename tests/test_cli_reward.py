@@ -278,4 +278,5 @@ def test_unknown_mode_is_a_config_error() -> None:
 
 
 def test_disabled_tracker_is_a_null_tracker() -> None:
-    assert isinstance(tracking.init_wandb(tracking.WandbOptions(False, project="p", mode="online")), tracking.NullTracker)
+    options = tracking.WandbOptions(False, project="p", mode="online")
+    assert isinstance(tracking.init_wandb(options), tracking.NullTracker)

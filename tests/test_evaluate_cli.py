@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from rlrm import model as rm
-from rlrm.agents import load_agent, make_vec_env
-from rlrm.data.collect import collect
+from rlrm.data.rollout import collect
 from rlrm.evaluate import entry
-from rlrm.evaluation import evaluate
+from rlrm.rl.envs import make_vec_env
+from rlrm.rl.evaluation import evaluate_agent
+from rlrm.rl.files import load_agent
 from rlrm.tasks import Task
 from rlrm.train.loop import TrainConfig, train_reward_model
 from rlrm.train_agent import entry as train_entry
@@ -43,7 +44,7 @@ def _expected(agent_path: Path, model_path: Path | None, episodes: int, seed: in
     learned = rm.load(model_path).reward_fn("CartPole-v1") if model_path else None
     venv = make_vec_env(CARTPOLE, min(episodes, 5), seed, learned, None, training=False)
     try:
-        return evaluate(agent, venv, episodes).summary()
+        return evaluate_agent(agent, venv, episodes).summary()
     finally:
         venv.close()
 
@@ -63,7 +64,7 @@ def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def _check_row(out: str, expected: dict, episodes: int) -> None:
-    assert f"({episodes} episodes)" in out
+    assert f"({episodes} episodes, seed " in out
     header = next(line for line in out.splitlines() if "true return" in line)
     assert "learned return" in header and "episode length" in header
     cells = [c.strip() for c in _table_row(out).split("│")[1:-1]]
@@ -80,7 +81,8 @@ def test_evaluates_a_run_folder_on_the_true_and_the_learned_reward(
     files = sorted(root.rglob("*"))
     assert entry(["--agent", "runs/ppo/CartPole-v1_1/agent.zip", "--episodes", "3"]) == 0
     # the task and the reward model come from the run's config.json
-    expected = _expected(run_dir / "agent.zip", root / "runs" / "reward" / "reward_model.safetensors", 3)
+    # the run's evaluation seed (seed 0 + 10000), as its result.json
+    expected = _expected(run_dir / "agent.zip", root / "runs" / "reward" / "reward_model.safetensors", 3, 10_000)
     _check_row(capsys.readouterr().out, expected, 3)
     assert sorted(root.rglob("*")) == files  # evaluation writes nothing
 
@@ -89,7 +91,8 @@ def test_evaluates_a_run_folder_from_another_working_directory(
         run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)
     assert entry(["--agent", str(run_dir / "agent.zip"), "--episodes", "3"]) == 0, capsys.readouterr().err
-    expected = _expected(run_dir / "agent.zip", run_dir.parent.parent / "reward" / "reward_model.safetensors", 3)
+    expected = _expected(run_dir / "agent.zip", run_dir.parent.parent / "reward" / "reward_model.safetensors", 3,
+                         10_000)
     _check_row(capsys.readouterr().out, expected, 3)
 
 
@@ -97,7 +100,7 @@ def test_stochastic_evaluation_runs(run_dir: Path, monkeypatch: pytest.MonkeyPat
                                     capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(run_dir.parent.parent.parent)
     assert entry(["--agent", "runs/ppo/CartPole-v1_1/agent.zip", "--episodes", "2", "--stochastic", "--seed", "1"]) == 0
-    assert "(2 episodes)" in capsys.readouterr().out
+    assert "(2 episodes, seed 1)" in capsys.readouterr().out
 
 
 def test_an_agent_outside_a_run_folder_needs_task(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

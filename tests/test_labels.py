@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from rlrm.data import labels
-from rlrm.data.collect import collect
 from rlrm.data.dataset import TransitionDataset
+from rlrm.data.rollout import collect
 from rlrm.errors import LabelError
 
 _module_ids = itertools.count()

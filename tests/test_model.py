@@ -163,7 +163,7 @@ def test_reward_fn_matches_predict(cartpole_ds, pendulum_ds, activation: str, la
                                                            layer_norm=layer_norm), dict_task=True)
     for ds in (cartpole_ds, pendulum_ds):
         for dtype in ("float32", "float64"):
-            fn = rm.NumpyRewardFn.from_model(model, ds.task.name, dtype)
+            fn = model.reward_fn(ds.task.name, dtype)
             for n, start in ((1, 0), (8, 3), (8, 50), (100, 200), (1, 7), (8, 11)):  # batch size changes re-plan
                 batch = _batch(ds, n, start)
                 out = fn(*batch)
@@ -251,10 +251,10 @@ def test_reward_fn_dtype_follows_the_standardization(pendulum_ds: TransitionData
     fn = model.reward_fn("Pendulum-v1")
     assert fn.dtype == np.float64
     np.testing.assert_allclose(fn(obs, const, nxt, done), exact, rtol=1e-5, atol=1e-5)
-    forced = rm.NumpyRewardFn.from_model(model, "Pendulum-v1", dtype="float32")
+    forced = model.reward_fn("Pendulum-v1", dtype="float32")
     assert forced.dtype == np.float32 and not np.allclose(forced(obs, const, nxt, done), exact, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="dtype"):
-        rm.NumpyRewardFn.from_model(model, "Pendulum-v1", dtype="float16")
+        model.reward_fn("Pendulum-v1", dtype="float16")
 
 
 def test_reward_fn_is_a_snapshot(pendulum_ds: TransitionDataset) -> None:

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from rlrm import model as rm
-from rlrm.data.collect import collect
 from rlrm.data.dataset import TransitionDataset
+from rlrm.data.rollout import collect
 from rlrm.errors import ConfigError
 from rlrm.model.network import ModelConfig, RewardModel
-from rlrm.train import job
+from rlrm.train.heldout import evaluate_model
+from rlrm.train.job import train_job
 from rlrm.train.loop import TrainConfig, TrainResult, train_reward_model
-from rlrm.train.report import evaluate_model
 
 SMALL = ModelConfig(encoder=[16, 16])
 METRIC_KEYS = {"n_train", "n_val", "mse", "r2", "spearman", "ranking_acc"}
@@ -156,7 +156,7 @@ def data_dir(cartpole_ds: TransitionDataset, pendulum_ds: TransitionDataset, tmp
 
 def test_job_writes_model_and_metrics_json(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "models" / "rm.safetensors"
-    result = job.run([data_dir], out, TrainConfig(epochs=2, patience=0), SMALL, progress=False, quiet=True)
+    result = train_job([data_dir], out, TrainConfig(epochs=2, patience=0), SMALL, progress=False)
     report = json.loads((out.parent / "metrics.json").read_text())
     assert report["model"] == str(out)
     assert report["epochs_run"] == 2 and 1 <= report["best_epoch"] <= 2
@@ -173,15 +173,15 @@ def test_job_writes_model_and_metrics_json(data_dir: Path, tmp_path: Path) -> No
 
 def test_job_trains_only_the_named_tasks(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "m.safetensors"
-    result = job.run([data_dir], out, TrainConfig(epochs=1), SMALL, tasks=["Pendulum-v1"], progress=False, quiet=True)
+    result = train_job([data_dir], out, TrainConfig(epochs=1), SMALL, tasks=["Pendulum-v1"], progress=False)
     assert set(result.metrics) == {"Pendulum-v1"}
     with pytest.raises(ConfigError, match="Acrobot-v1"):
-        job.run([data_dir], out, TrainConfig(epochs=1), SMALL, tasks=["Acrobot-v1"], progress=False, quiet=True)
+        train_job([data_dir], out, TrainConfig(epochs=1), SMALL, tasks=["Acrobot-v1"], progress=False)
 
 
 def test_job_out_must_be_a_file_path(data_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="directory"):
-        job.run([data_dir], tmp_path, TrainConfig(epochs=1), SMALL, progress=False, quiet=True)
+        train_job([data_dir], tmp_path, TrainConfig(epochs=1), SMALL, progress=False)
 
 
 def test_constant_labels_are_predicted_exactly(cartpole_ds: TransitionDataset, pendulum_ds: TransitionDataset,

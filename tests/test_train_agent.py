@@ -18,8 +18,8 @@ from wandb_records import find_run_dirs, history, records, run_file
 
 import rlrm
 from rlrm import model as rm
-from rlrm.data.collect import collect
-from rlrm.runs import file_sha256
+from rlrm.atomic import file_sha256
+from rlrm.data.rollout import collect
 from rlrm.tasks import Task
 from rlrm.train.loop import TrainConfig, train_reward_model
 from rlrm.train_agent import entry

@@ -11,14 +11,14 @@ import pytest
 from gymnasium import spaces
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnvWrapper
 
-from rlrm.data.collect import collect
 from rlrm.data.labels import label_with
+from rlrm.data.rollout import collect
 from rlrm.errors import ConfigError, RewardError, SpaceError
 from rlrm.model import RewardModel
 from rlrm.model.network import ModelConfig
 from rlrm.tasks import Task
 from rlrm.train.loop import TrainConfig, train_reward_model
-from rlrm.wrappers import LearnedReward, RewardTransform, VecLearnedReward
+from rlrm.wrappers import LearnedReward, RewardShaping, VecLearnedReward
 
 os.environ["WANDB_MODE"] = "offline"
 os.environ["WANDB_SILENT"] = "true"
@@ -271,7 +271,7 @@ def test_reward_scale_clip_alpha(scale: float, clip: float | None, alpha: float)
     feature = lambda next_obs: np.asarray(next_obs)[:, 2]  # Pendulum's angular velocity, in [-8, 8]  # noqa: E731
     raw = gym.make("Pendulum-v1")
     env = LearnedReward(raw, RecordingReward(raw.observation_space, raw.action_space, feature),
-                        scale=scale, clip=clip, alpha=alpha)
+                        shaping=RewardShaping(scale, clip, alpha))
     rec = _rollout_single(env, _actions("Pendulum-v1", 60, None, seed=7), seed=1)
     learned = _stack(rec["next_obs"])[:, 2]
     true = np.array([i["true_reward"] for i in rec["info"]])
@@ -282,7 +282,7 @@ def test_reward_scale_clip_alpha(scale: float, clip: float | None, alpha: float)
 
     venv = _vec("Pendulum-v1", 2, seed=1)
     wrapped = VecLearnedReward(venv, RecordingReward(venv.observation_space, venv.action_space, feature),
-                               scale=scale, clip=clip, alpha=alpha)
+                               shaping=RewardShaping(scale, clip, alpha))
     rec = _rollout_vec(wrapped, _actions("Pendulum-v1", 60, 2, seed=7))
     learned = _concat(rec["next_obs"])[:, 2]
     true = np.array([i["true_reward"] for infos in rec["infos"] for i in infos])
@@ -290,11 +290,11 @@ def test_reward_scale_clip_alpha(scale: float, clip: float | None, alpha: float)
 
 
 def test_reward_transform_rejects_bad_values() -> None:
-    with pytest.raises(ValueError, match="alpha"):
-        RewardTransform(alpha=1.5)
-    with pytest.raises(ValueError, match="clip"):
-        RewardTransform(clip=0.0)
-    t = RewardTransform(scale=-2.0, clip=3.0, alpha=0.5)
+    with pytest.raises(ConfigError, match="alpha"):
+        RewardShaping(alpha=1.5)
+    with pytest.raises(ConfigError, match="clip"):
+        RewardShaping(clip=0.0)
+    t = RewardShaping(scale=-2.0, clip=3.0, alpha=0.5)
     out = t(np.array([1.0, 4.0, -4.0], np.float32), np.array([1.0, 1.0, 1.0], np.float32))
     np.testing.assert_allclose(out, [0.5 * -2.0 + 0.5, 0.5 * -3.0 + 0.5, 0.5 * 3.0 + 0.5])
     assert out.dtype == np.float32

@@ -25,10 +25,13 @@ from torch import nn
 
 from rlrm import spaces as sp
 from rlrm.errors import ConfigError, ModelFileError, SpaceError
+from rlrm.model.features import INPUTS, InputGroup
+from rlrm.model.numpy_fn import NumpyRewardFn
 from rlrm.tasks import Task
 
-INPUTS = ("obs", "action", "next_obs", "done")
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU, "elu": nn.ELU}
+#: activation names accepted in model configs and agent hyperparameters (``policy_kwargs.activation_fn``)
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU,
+                                           "elu": nn.ELU, "leaky_relu": nn.LeakyReLU}
 
 
 @dataclass
@@ -36,8 +39,8 @@ class ModelConfig:
     """Architecture. ``encoder``: layer widths (the first is the stems' output); ``inputs``: a subset of
     ``obs, action, next_obs, done`` (``done`` is the terminated flag)."""
 
-    # 64x64 by default: enough for the shipped tasks (Pendulum R² > 0.99) and cheap on the wrapper's hot
-    # path, where every step pays the MLP's arithmetic (256x256 costs ~4x more per step).
+    # 64x64 by default: enough for the shipped tasks and cheap on the wrapper's hot path, where every step pays
+    # the MLP's arithmetic (benchmarks/RESULTS.md).
     encoder: list[int] = field(default_factory=lambda: [64, 64])
     activation: str = "relu"
     layer_norm: bool = False
@@ -53,54 +56,6 @@ class ModelConfig:
             raise ConfigError(f"inputs {self.inputs}: expected distinct names from {list(INPUTS)}")
         self.encoder = [int(w) for w in self.encoder]
         self.inputs = [i for i in INPUTS if i in self.inputs]  # canonical order
-
-
-class InputGroup:
-    """The adapters of one (observation space, action space) pair and the size of their features."""
-
-    def __init__(self, gid: str, obs_space: spaces.Space, action_space: spaces.Space, inputs: list[str]) -> None:
-        self.id = gid
-        self.obs_space, self.action_space = obs_space, action_space
-        self.obs = sp.SpaceAdapter(obs_space, "obs")
-        self.next_obs = sp.SpaceAdapter(obs_space, "next_obs")
-        self.action = sp.SpaceAdapter(action_space, "action")
-        self.inputs = inputs
-        parts = {"obs": self.obs.continuous, "action": self.action.continuous,
-                 "next_obs": self.next_obs.continuous, "done": np.zeros(1, bool)}
-        #: which features are standardized (Box values); one-hot and flags are left as they are
-        self.continuous = np.concatenate([parts[i] for i in inputs])
-        self.dim = len(self.continuous)
-
-    def features(self, obs: Any, action: Any, next_obs: Any, done: Any, out: np.ndarray | None = None,
-                 extra: np.ndarray | None = None) -> np.ndarray:
-        """``(n, dim)`` features of a batch of transitions (float32, or written into ``out``).
-
-        :param extra: a block appended after the features (the NumPy path's column of ones).
-        """
-        blocks: list[np.ndarray] = []
-        for name in self.inputs:
-            if name == "obs":
-                self.obs.blocks(obs, blocks)
-            elif name == "action":
-                self.action.blocks(action, blocks)
-            elif name == "next_obs":
-                self.next_obs.blocks(next_obs, blocks)
-            else:
-                d = np.asarray(done)
-                blocks.append(d.reshape(len(d), 1))
-        if extra is not None:
-            blocks.append(extra)
-        if out is None:
-            out = np.empty((len(blocks[0]), self.dim + (0 if extra is None else extra.shape[1])), dtype=np.float32)
-        return sp.join_blocks(blocks, out, "obs/action/next_obs/done")
-
-    @property
-    def signature(self) -> str:
-        return sp.space_signature(self.obs_space) + "|" + sp.space_signature(self.action_space)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"obs_space": sp.space_to_json(self.obs_space), "action_space": sp.space_to_json(self.action_space),
-                "dim": self.dim}
 
 
 @dataclass
@@ -229,11 +184,18 @@ class RewardModel(nn.Module):
         feats = self.features(task, obs, action, next_obs, done)
         return self.forward(task, torch.from_numpy(feats)).numpy().astype(np.float32, copy=False)
 
-    def reward_fn(self, task: str):  # -> rlrm.model.numpy_fn.NumpyRewardFn
-        """A fast NumPy :class:`~rlrm.reward_fn.RewardFn` for ``task`` built from the current weights."""
-        from rlrm.model.numpy_fn import NumpyRewardFn
+    def reward_fn(self, task: str, dtype: str = "auto") -> NumpyRewardFn:
+        """A fast NumPy :class:`~rlrm.reward_fn.RewardFn` for ``task`` built from the current weights (a snapshot:
+        later training is not seen).
 
-        return NumpyRewardFn.from_model(self, task)
+        :param dtype: ``"float32"``, ``"float64"``, or ``"auto"`` (float32 unless the input standardization has
+            large offsets; see :mod:`rlrm.model.numpy_fn`).
+        """
+        info = self.head_info(task)
+        mean, std = (t.detach().double().numpy() for t in self.normalization(info.group))
+        return NumpyRewardFn.from_layers(self.groups[info.group], mean, std,
+                                         [*self.stems[info.group], *self.encoder], self.heads[head_key(task)],
+                                         info.label_mean, info.label_std, task, dtype)
 
     # ------------------------------------------------------------------ (de)serialization helpers
     def describe(self) -> dict[str, Any]:

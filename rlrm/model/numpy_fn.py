@@ -1,4 +1,4 @@
-"""A NumPy-only inference path for one task's reward, built from a ``RewardModel``'s weights.
+"""A NumPy-only inference path for one task's reward, built from a reward model's layers (torch modules).
 
 The wrapper calls the reward once per environment step, where a torch call (tensor conversion,
 dispatch, autograd bookkeeping) costs more than the arithmetic of a small MLP on a few rows. This path
@@ -23,7 +23,7 @@ from gymnasium import spaces
 from torch import nn
 
 from rlrm import spaces as sp
-from rlrm.model.network import InputGroup, RewardModel, head_key
+from rlrm.model.features import InputGroup
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _ARG_INDEX = {"obs": 0, "action": 1, "next_obs": 2, "done": 3}
@@ -40,6 +40,9 @@ def _activation(module: nn.Module) -> Callable[[np.ndarray], Any]:
         return lambda x: np.tanh(x, out=x)
     if isinstance(module, nn.SiLU):
         return lambda x: np.multiply(x, 1.0 / (1.0 + np.exp(-x)), out=x)
+    if isinstance(module, nn.LeakyReLU):
+        slope = float(module.negative_slope)
+        return lambda x: np.copyto(x, np.where(x > 0, x, slope * x)) or x
     if isinstance(module, nn.ELU):
         return lambda x: np.copyto(x, np.where(x > 0, x, np.expm1(np.minimum(x, 0.0)))) or x
     if isinstance(module, nn.GELU):
@@ -206,16 +209,14 @@ class NumpyRewardFn:
         self._run: Callable[..., np.ndarray | None] = lambda *args: None
 
     @classmethod
-    def from_model(cls, model: RewardModel, task: str, dtype: str = "auto") -> NumpyRewardFn:
-        """Extract the weights of ``task``'s path through ``model`` (a snapshot: later training is not seen).
+    def from_layers(cls, group: InputGroup, mean: np.ndarray, std: np.ndarray, modules: list[nn.Module],
+                    head: nn.Linear, label_mean: float, label_std: float, task: str,
+                    dtype: str = "auto") -> NumpyRewardFn:
+        """Copy the weights of one task's path: input standardization ``(x - mean) / std``, then ``modules``
+        (Linear layers, activations, LayerNorms), then ``head`` scaled to label units.
 
-        :param dtype: ``"float32"``, ``"float64"``, or ``"auto"`` (float32 unless the input standardization
-            has large offsets, see :func:`_choose_dtype`).
+        :param dtype: ``"float32"``, ``"float64"``, or ``"auto"`` (see :func:`_choose_dtype`).
         """
-        info = model.head_info(task)
-        group = model.groups[info.group]
-        mean, std = (t.detach().double().numpy() for t in model.normalization(info.group))
-        modules = [*model.stems[info.group], *model.encoder]
         layers: list[tuple[np.ndarray, list[Any], bool]] = []
         for m in modules:
             if isinstance(m, nn.Linear):
@@ -231,9 +232,8 @@ class NumpyRewardFn:
                 post, relu = layers[-1][1], isinstance(m, nn.ReLU)
                 post.append(_layer_norm(m) if isinstance(m, nn.LayerNorm) else _activation(m))
                 layers[-1] = (layers[-1][0], post, layers[-1][2] or not relu)
-        head = model.heads[head_key(task)]
-        w = head.weight.detach().double().numpy()[0] * info.label_std
-        b = head.bias.detach().double().numpy() * info.label_std + info.label_mean
+        w = head.weight.detach().double().numpy()[0] * label_std
+        b = head.bias.detach().double().numpy() * label_std + label_mean
         layers.append((np.concatenate([w, b]), [], False))  # a vector: the head is a matrix-vector product
         return cls(group, layers, task, _choose_dtype(mean, std, dtype))
 

@@ -1,6 +1,6 @@
 """Reward training: all tasks at once, held-out metrics per task."""
 
+from rlrm.train.heldout import evaluate_model
 from rlrm.train.loop import TrainConfig, TrainResult, train_reward_model
-from rlrm.train.report import evaluate_model
 
 __all__ = ["TrainConfig", "TrainResult", "evaluate_model", "train_reward_model"]

@@ -1,4 +1,5 @@
-"""A whole reward-training job: load datasets, train, save the model and ``metrics.json``, log to W&B."""
+"""A whole reward-training job: load datasets, train, save the model and its metrics file, log to W&B.
+Returns what it did; the CLI prints it."""
 
 from __future__ import annotations
 
@@ -10,14 +11,11 @@ from typing import Any
 
 from rlrm import atomic
 from rlrm import model as rm
-from rlrm.console import print_table
 from rlrm.data.dataset import TransitionDataset, find_datasets
 from rlrm.errors import ConfigError
 from rlrm.model.network import ModelConfig
 from rlrm.tracking import WandbOptions, init_wandb
 from rlrm.train.loop import TrainConfig, TrainResult, train_reward_model
-
-METRIC_COLUMNS = ["task", "n_train", "n_val", "mse", "r2", "spearman", "ranking_acc"]
 
 
 def load_datasets(paths: Sequence[str | os.PathLike], tasks: Sequence[str] = ()) -> list[TransitionDataset]:
@@ -28,26 +26,26 @@ def load_datasets(paths: Sequence[str | os.PathLike], tasks: Sequence[str] = ())
         have = {ds.task.name for ds in datasets}
         missing = [t for t in tasks if t not in have]
         if missing:
-            raise ConfigError(f"--tasks {missing}: no dataset for these under {list(map(str, paths))}; "
+            raise ConfigError(f"tasks {missing}: no dataset for these under {list(map(str, paths))}; "
                               f"found {sorted(have)}")
         datasets = [ds for ds in datasets if ds.task.name in tasks]
     return datasets
 
 
-def run(data: Sequence[str | os.PathLike], out: str | os.PathLike, config: TrainConfig,
-        model_config: ModelConfig | None = None, tasks: Sequence[str] = (), init: str | os.PathLike | None = None,
-        wandb: WandbOptions | None = None, progress: bool = True, quiet: bool = False) -> TrainResult:
+def train_job(data: Sequence[str | os.PathLike], out: str | os.PathLike, config: TrainConfig,
+              model_config: ModelConfig | None = None, *, tasks: Sequence[str] = (),
+              init: str | os.PathLike | None = None, wandb: WandbOptions | None = None,
+              progress: bool = True) -> TrainResult:
     """Train on the datasets under ``data`` and write ``out`` plus ``metrics.json`` beside it.
 
     :param init: an existing model file to extend (new heads; see ``config.freeze_encoder``).
     """
     out = Path(out)
     if out.is_dir():
-        raise ConfigError(f"--out {out}: is a directory; expected a model file path such as "
+        raise ConfigError(f"out {out}: is a directory; expected a model file path such as "
                           f"{out / 'reward_model.safetensors'}")
     datasets = load_datasets(data, tasks)
     base = rm.load(init) if init else None
-    wandb = wandb or WandbOptions()
     tracker = init_wandb(wandb, job_type="train_reward", directory=out.parent,
                          config={"train": asdict(config), "model": asdict(model_config or ModelConfig()),
                                  "data": [str(p) for p in data], "tasks": [ds.task.name for ds in datasets]})
@@ -65,7 +63,4 @@ def run(data: Sequence[str | os.PathLike], out: str | os.PathLike, config: Train
         tracker.artifact(out, name=f"reward-model-{out.stem}", type="reward_model")
     finally:
         tracker.finish()
-    if not quiet:
-        print_table(f"Reward model {out} (held-out episodes; best epoch {result.best_epoch}/{len(result.history)})",
-                    rows, METRIC_COLUMNS, caption="r2/spearman '-': the labels are constant there (mse tells the fit)")
     return result

@@ -18,7 +18,7 @@ from rlrm.data.dataset import TransitionDataset
 from rlrm.errors import ConfigError
 from rlrm.model.network import ModelConfig, RewardModel, head_key
 from rlrm.tracking import NullTracker, Tracker
-from rlrm.train.report import task_metrics
+from rlrm.train.heldout import task_metrics
 
 SAMPLING = ("balanced", "proportional")
 

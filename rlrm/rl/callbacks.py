@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, EveryNTimesteps
 from stable_baselines3.common.logger import KVWriter
 from stable_baselines3.common.vec_env import VecEnv
 
-from rlrm import atomic
-from rlrm.evaluation import evaluate
+from rlrm.rl.evaluation import evaluate_agent
 
 
 class LearnedReturnLogger(BaseCallback):
@@ -38,39 +35,37 @@ class LearnedReturnLogger(BaseCallback):
 
 
 class TrueRewardEval(BaseCallback):
-    """Every ``eval_freq`` env steps, evaluate on the true reward; log ``eval/*`` and save ``evaluations.json``.
+    """Evaluate on the true reward each time it is called; log ``eval/*`` and save the history.
+
+    Schedule it with SB3's ``EveryNTimesteps(eval_freq, TrueRewardEval(...))`` (see :func:`every`).
 
     :param make_eval_env: builds the evaluation VecEnv (Monitor inside; learned reward optional).
+    :param n_episodes: episodes per evaluation.
+    :param save: stores the history (a list of rows) after each evaluation.
     :param sync: copies normalization statistics from the training env into the evaluation env.
     """
 
-    def __init__(self, make_eval_env: Callable[[], VecEnv], eval_freq: int, n_episodes: int, path: Path,
-                 sync: Callable[[VecEnv, VecEnv], None], history: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, make_eval_env: Callable[[], VecEnv], n_episodes: int,
+                 save: Callable[[list[dict[str, Any]]], None], sync: Callable[[VecEnv, VecEnv], None],
+                 history: list[dict[str, Any]] | None = None) -> None:
         super().__init__()
-        self.make_eval_env, self.eval_freq, self.n_episodes = make_eval_env, eval_freq, n_episodes
-        self.path, self.sync = path, sync
+        self.make_eval_env, self.n_episodes, self.save, self.sync = make_eval_env, n_episodes, save, sync
         self.history: list[dict[str, Any]] = list(history or [])
-        self._next = None
         self._env: VecEnv | None = None
 
-    def _on_training_start(self) -> None:
-        if self.eval_freq > 0:
-            self._next = (self.num_timesteps // self.eval_freq + 1) * self.eval_freq
-
     def _on_step(self) -> bool:
-        if self.eval_freq > 0 and self._next is not None and self.num_timesteps >= self._next:
-            self._next += self.eval_freq
-            self.run_eval()
+        self.run_eval()
         return True
 
     def run_eval(self) -> dict[str, Any]:
+        """One evaluation now (also the callback's step)."""
         if self._env is None:
             self._env = self.make_eval_env()
         self.sync(self.training_env, self._env)
-        res = evaluate(self.model, self._env, self.n_episodes).summary()
+        res = evaluate_agent(self.model, self._env, self.n_episodes).summary()
         row = {"timesteps": int(self.num_timesteps), "time": time.time(), **res}
         self.history.append(row)
-        atomic.write_json(self.path, self.history)
+        self.save(self.history)
         self.logger.record("eval/true_return_mean", res["true_mean"])
         self.logger.record("eval/true_return_std", res["true_std"])
         if not np.isnan(res["learned_mean"]):
@@ -79,29 +74,30 @@ class TrueRewardEval(BaseCallback):
         self.logger.dump(self.num_timesteps)
         return row
 
-    def _on_training_end(self) -> None:
+    def close(self) -> None:
+        """Close the evaluation env (if one was made)."""
         if self._env is not None:
             self._env.close()
             self._env = None
 
 
-class Checkpoint(BaseCallback):
-    """Every ``freq`` env steps call ``save()`` (which writes atomically: a kill leaves the last one intact)."""
+class CallFn(BaseCallback):
+    """Calls ``fn()`` each time it is called: with :func:`every`, a periodic checkpoint."""
 
-    def __init__(self, freq: int, save: Callable[[], None]) -> None:
+    def __init__(self, fn: Callable[[], None]) -> None:
         super().__init__()
-        self.freq, self.save = freq, save
-        self._next: int | None = None
-
-    def _on_training_start(self) -> None:
-        if self.freq > 0:
-            self._next = (self.num_timesteps // self.freq + 1) * self.freq
+        self.fn = fn
 
     def _on_step(self) -> bool:
-        if self._next is not None and self.num_timesteps >= self._next:
-            self._next += self.freq
-            self.save()
+        self.fn()
         return True
+
+
+def every(n_steps: int, callback: BaseCallback, start: int = 0) -> EveryNTimesteps:
+    """SB3's ``EveryNTimesteps`` on the grid ``k * n_steps``, also when a resumed run starts at ``start``."""
+    scheduled = EveryNTimesteps(n_steps, callback)
+    scheduled.last_time_trigger = (start // n_steps) * n_steps if n_steps > 0 else 0
+    return scheduled
 
 
 class WandbOutput(KVWriter):
@@ -124,12 +120,3 @@ class WandbOutput(KVWriter):
 
     def close(self) -> None:
         pass
-
-
-def save_agent_atomically(agent: Any, path: str | os.PathLike) -> None:
-    """``agent.save`` into a temp file, then rename (SB3 writes zips in place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.zip")
-    agent.save(str(tmp))
-    os.replace(tmp, path)

@@ -1,19 +1,11 @@
-"""Agents: the algorithm registry, hyperparameters from ``agents/<algo>.yaml``, env factories, loading.
-
-Env stack (inside out)::
-
-    gym env → Monitor (records the TRUE return: SB3's rollout/ep_rew_mean) → DummyVecEnv
-            → VecLearnedReward (the learned reward; learned return in info["learned_episode"])
-            → VecNormalize (optional; normalizes what the agent sees, saved with the agent)
-"""
+"""Agent specs: the algorithm registry and hyperparameters from ``agents/<algo>.yaml`` (RL Zoo layout: top-level
+keys are env ids plus ``default``), overridable from the command line, validated before any long step."""
 
 from __future__ import annotations
 
 import inspect
-import json
 import os
-import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,24 +14,18 @@ import numpy as np
 import yaml
 from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.noise import NormalActionNoise
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
-from torch import nn
+from stable_baselines3.common.vec_env import DummyVecEnv
 
-from rlrm import atomic
 from rlrm.errors import ConfigError
+from rlrm.model.network import ACTIVATIONS
 from rlrm.resources import data_dir
-from rlrm.reward_fn import RewardFn
 from rlrm.tasks import Task
-from rlrm.wrappers import VecLearnedReward
 
 ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC, "a2c": A2C, "td3": TD3, "dqn": DQN}
 OFF_POLICY = {"sac", "td3", "dqn"}
 RESERVED = {"self", "env", "_init_setup_model", "seed", "device", "verbose", "tensorboard_log"}  # set by rlrm
 SPECIAL_KEYS = {"n_timesteps", "n_envs", "policy", "normalize", "policy_kwargs", "action_noise"}
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU,
-               "silu": nn.SiLU}
 
 
 @dataclass
@@ -67,7 +53,8 @@ class AgentSpec:
                    dict(d.get("kwargs") or {}))
 
 
-def _algo_class(algo: str) -> type[BaseAlgorithm]:
+def algo_class(algo: str) -> type[BaseAlgorithm]:
+    """The SB3 class of an algorithm name (``ppo``, ``sac``, ...)."""
     try:
         return ALGOS[algo.lower()]
     except KeyError:
@@ -98,11 +85,11 @@ def parse_params(items: Sequence[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition(":")
         if not sep or not key.strip():
-            raise ConfigError(f"--params {item!r}: expected key:value")
+            raise ConfigError(f"params {item!r}: expected key:value")
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError:
-            raise ConfigError(f"--params {item!r}: the value is not valid YAML") from None
+            raise ConfigError(f"params {item!r}: the value is not valid YAML") from None
     return out
 
 
@@ -113,7 +100,7 @@ def load_spec(algo: str, task: Task, overrides: dict[str, Any] | None = None,
     Unknown keys (not constructor arguments of the algorithm) are a :class:`ConfigError`.
     """
     algo = algo.lower()
-    cls = _algo_class(algo)
+    cls = algo_class(algo)
     path = Path(hyperparams_dir or data_dir("agents")) / f"{algo}.yaml"
     table = _read_yaml(path)
     params: dict[str, Any] = {}
@@ -128,7 +115,7 @@ def load_spec(algo: str, task: Task, overrides: dict[str, Any] | None = None,
     unknown = sorted(set(params) - allowed - SPECIAL_KEYS)
     if unknown:
         raise ConfigError(f"{algo} hyperparameters for {task.name}: unknown key(s) {unknown} "
-                          f"(from {path} or --params); {algo.upper()} accepts {sorted(allowed | SPECIAL_KEYS)}")
+                          f"(from {path} or the overrides); {algo.upper()} accepts {sorted(allowed | SPECIAL_KEYS)}")
     for key, value in params.items():
         default = signature[key].default if key in signature else None
         _check_type(f"{algo} hyperparameters for {task.name}: {key!r}", value, default)
@@ -215,127 +202,8 @@ def check_spec(task: Task, spec: AgentSpec) -> None:
         if "buffer_size" in kwargs:
             kwargs["buffer_size"] = 16  # the size is checked, not allocated
         try:
-            _algo_class(spec.algo)(spec.policy, venv, device="cpu", verbose=0, **kwargs)
+            algo_class(spec.algo)(spec.policy, venv, device="cpu", verbose=0, **kwargs)
         except (TypeError, ValueError, AssertionError, KeyError) as err:
             raise ConfigError(f"{spec.algo} hyperparameters for {task.name}: {str(err).splitlines()[0]}") from None
     finally:
         venv.close()
-
-
-# --------------------------------------------------------------------------- envs
-def make_vec_env(task: Task, n_envs: int, seed: int, reward: RewardFn | None = None,
-                 normalize: dict[str, Any] | None = None, monitor_dir: str | os.PathLike | None = None,
-                 training: bool = True, reward_kwargs: dict[str, Any] | None = None) -> VecEnv:
-    """The env stack of the module docstring.
-
-    :param reward: a learned reward (``None``: the env's own reward).
-    :param normalize: VecNormalize keyword arguments (``None``: no VecNormalize).
-    :param training: for VecNormalize: update statistics (False for evaluation; reward then unnormalized).
-    """
-    def factory(rank: int) -> Callable[[], Monitor]:
-        def make() -> Monitor:
-            env = task.make_env()
-            filename = None
-            if monitor_dir is not None:
-                Path(monitor_dir).mkdir(parents=True, exist_ok=True)
-                filename = str(Path(monitor_dir) / f"env{rank}")
-            return Monitor(env, filename=filename)
-        return make
-
-    venv: VecEnv = DummyVecEnv([factory(i) for i in range(n_envs)])
-    venv.seed(seed)
-    if reward is not None:
-        venv = VecLearnedReward(venv, reward, task.name, **(reward_kwargs or {}))
-    if normalize is not None:
-        opts = dict(normalize)
-        if not training:
-            opts["norm_reward"] = False  # evaluation reports unnormalized returns
-        venv = VecNormalize(venv, training=training, **opts)
-    return venv
-
-
-# --------------------------------------------------------------------------- VecNormalize statistics as JSON
-def save_vecnormalize(venv: VecNormalize, path: str | os.PathLike) -> None:
-    """Save VecNormalize statistics as JSON (no pickle)."""
-    def rms(r: Any) -> Any:
-        if isinstance(r, dict):
-            return {k: rms(v) for k, v in r.items()}
-        return {"mean": np.asarray(r.mean).tolist(), "var": np.asarray(r.var).tolist(), "count": float(r.count)}
-
-    atomic.write_json(path, {"obs_rms": rms(venv.obs_rms) if venv.norm_obs else None, "ret_rms": rms(venv.ret_rms),
-                             "clip_obs": venv.clip_obs, "clip_reward": venv.clip_reward, "gamma": venv.gamma,
-                             "epsilon": venv.epsilon, "norm_obs": venv.norm_obs, "norm_reward": venv.norm_reward})
-
-
-def load_vecnormalize(venv: VecNormalize, path: str | os.PathLike) -> None:
-    """Load statistics written by :func:`save_vecnormalize` into ``venv``."""
-    try:
-        d = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read VecNormalize statistics: {err}") from None
-
-    def put(r: Any, v: Any) -> None:
-        if isinstance(r, dict):
-            for k in r:
-                put(r[k], v[k])
-        else:
-            r.mean, r.var, r.count = np.asarray(v["mean"]), np.asarray(v["var"]), float(v["count"])
-
-    if d.get("obs_rms") is not None and venv.norm_obs:
-        put(venv.obs_rms, d["obs_rms"])
-    put(venv.ret_rms, d["ret_rms"])
-
-
-def sync_normalization(source: VecEnv, target: VecEnv) -> None:
-    """Copy observation statistics from a training VecNormalize to an evaluation one (if both exist)."""
-    if isinstance(source, VecNormalize) and isinstance(target, VecNormalize):
-        target.obs_rms = _copy_rms(source.obs_rms)
-        target.ret_rms = _copy_rms(source.ret_rms)
-
-
-def _copy_rms(r: Any) -> Any:
-    import copy
-
-    return copy.deepcopy(r)
-
-
-# --------------------------------------------------------------------------- agent files
-def detect_algo(path: str | os.PathLike) -> str:
-    """The algorithm of a saved agent: from ``config.json`` beside it (rlrm run) or the zip's policy class."""
-    path = Path(path)
-    for cfg in (path.parent / "config.json", path.parent.parent / "config.json"):
-        if cfg.exists():
-            try:
-                return str(json.loads(cfg.read_text())["agent"]["algo"])
-            except (KeyError, TypeError, json.JSONDecodeError):
-                pass
-    try:
-        with zipfile.ZipFile(path) as zf:
-            data = json.loads(zf.read("data"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: agent file not found") from None
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError):
-        raise ConfigError(f"{path}: not a Stable-Baselines3 agent file (.zip)") from None
-    module = str((data.get("policy_class") or {}).get("__module__", ""))
-    if module.endswith("common.policies"):  # PPO and A2C share ActorCriticPolicy: tell them by their data
-        return "ppo" if "clip_range" in data else "a2c"
-    for name in ALGOS:
-        if f".{name}." in module or module.endswith(f".{name}"):
-            return name
-    raise ConfigError(f"{path}: cannot tell the algorithm of this agent (policy module {module!r})")
-
-
-def load_agent(path: str | os.PathLike, env: VecEnv | None = None, algo: str | None = None) -> BaseAlgorithm:
-    """Load a saved SB3 agent; with ``env``, check that its spaces match (a clear error if not)."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: agent file not found")
-    cls = _algo_class(algo or detect_algo(path))
-    try:
-        return cls.load(str(path), env=env, device="cpu")
-    except ValueError as err:
-        if "spaces do not match" in str(err).lower() or "space" in str(err).lower():
-            raise ConfigError(f"{path}: the agent was trained on another env: {str(err).splitlines()[0]}") from None
-        raise ConfigError(f"{path}: cannot load agent: {str(err).splitlines()[0]}") from None
-    except (zipfile.BadZipFile, KeyError, EOFError) as err:
-        raise ConfigError(f"{path}: not a readable agent file ({type(err).__name__})") from None

@@ -1,4 +1,8 @@
-"""Roll out a behaviour policy in vectorized envs and record transitions (labeled by the task's labeler)."""
+"""Roll out a behaviour policy in vectorized envs and record transitions (labeled by the task's labeler).
+
+A behaviour policy is any callable ``obs batch -> action batch`` (:data:`Policy`); building one from a saved
+agent lives with the RL code (``rlrm.rl.files.agent_policy``).
+"""
 
 from __future__ import annotations
 
@@ -30,44 +34,12 @@ def _copy_space(space: spaces.Space) -> spaces.Space:
     return sp.space_from_json(sp.space_to_json(space))
 
 
-def make_policy(spec: str, action_space: spaces.Space, n_envs: int, seed: int) -> Policy:
-    """``random``, ``PATH.zip`` (a saved SB3 agent, deterministic=False) or ``mixture:PATH.zip:EPS``
-    (the agent, replaced by a random action with probability EPS per env step)."""
-    if spec == "random":
-        return random_policy(action_space, n_envs, seed)
-    eps = 0.0
-    path = spec
-    if spec.startswith("mixture:"):
-        path, _, eps_text = spec[len("mixture:"):].rpartition(":")
-        try:
-            eps = float(eps_text)
-        except ValueError:
-            eps = -1.0
-        if not path or not 0.0 <= eps <= 1.0:
-            raise ConfigError(f"--policy {spec!r}: expected mixture:PATH.zip:EPS with EPS in [0, 1]")
-    from rlrm.agents import load_agent  # SB3 agent loading lives with the agents
-
-    agent = load_agent(path)
-    rand = random_policy(action_space, n_envs, seed)
-    rng = np.random.default_rng(seed)
-
-    def act(obs: sp.Batch) -> np.ndarray:
-        actions, _ = agent.predict(obs, deterministic=False)
-        if eps > 0:
-            mask = rng.random(n_envs) < eps
-            if mask.any():
-                actions = np.array(actions, copy=True)
-                actions[mask] = rand(obs)[mask]
-        return actions
-
-    return act
-
-
-def collect(task: Task, steps: int, policy: str | Policy = "random", n_envs: int = 8, seed: int = 0,
-            labeler: str | None = None, progress: bool = True) -> TransitionDataset:
+def collect(task: Task, steps: int, policy: Policy | None = None, n_envs: int = 8, seed: int = 0,
+            labeler: str | None = None, progress: bool = True, policy_name: str | None = None) -> TransitionDataset:
     """Collect ``steps`` transitions of ``task`` and label them.
 
-    :param policy: a spec for :func:`make_policy` or a callable ``obs batch -> action batch``.
+    :param policy: a callable ``obs batch -> action batch`` (``None``: uniformly random actions).
+    :param policy_name: how the dataset's info records the policy (default ``random`` or ``callable``).
     :param labeler: overrides the task's labeler (``env``, ``python:...``, ``file:...``).
     :return: a dataset sorted by (episode, step); episodes cut by the step budget are kept, unfinished.
     """
@@ -80,7 +52,7 @@ def collect(task: Task, steps: int, policy: str | Policy = "random", n_envs: int
                          "dataset with TransitionDataset.from_arrays from your own rollouts instead.") from None
     try:
         obs_space, act_space = venv.observation_space, venv.action_space
-        act = make_policy(policy, act_space, n_envs, seed) if isinstance(policy, str) else policy
+        act = policy if policy is not None else random_policy(act_space, n_envs, seed)
         n_iter = -(-steps // n_envs)
         total = n_iter * n_envs
         buf: dict[str, np.ndarray] = {}
@@ -130,7 +102,7 @@ def collect(task: Task, steps: int, policy: str | Policy = "random", n_envs: int
         task, obs_space, act_space, obs=sp.join(obs_space, arrays, "obs"),
         action=sp.join(act_space, arrays, "action"), next_obs=sp.join(obs_space, arrays, "next_obs"),
         **{k: v[keep] for k, v in scalars.items()}, label_source="env",
-        info={"policy": policy if isinstance(policy, str) else "callable", "seed": seed, "n_envs": n_envs})
+        info={"policy": policy_name or ("random" if policy is None else "callable"), "seed": seed, "n_envs": n_envs})
     return labelers.apply(ds, labeler or task.labeler)
 
 

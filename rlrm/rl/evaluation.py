@@ -9,6 +9,8 @@ import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
+from rlrm.errors import RewardError
+
 
 @dataclass
 class EvalResult:
@@ -28,10 +30,10 @@ class EvalResult:
                 "length_mean": float(np.mean(self.lengths)) if self.lengths else float("nan")}
 
 
-def evaluate(agent: BaseAlgorithm, venv: VecEnv, n_episodes: int = 10, deterministic: bool = True) -> EvalResult:
+def evaluate_agent(agent: BaseAlgorithm, venv: VecEnv, n_episodes: int = 10, deterministic: bool = True) -> EvalResult:
     """Run ``n_episodes`` episodes spread evenly over the envs of ``venv`` (as SB3's ``evaluate_policy``).
 
-    ``venv`` must have Monitor inside each env (see :func:`rlrm.agents.make_vec_env`): the true return is
+    ``venv`` must have Monitor inside each env (see :func:`rlrm.rl.envs.make_vec_env`): the true return is
     Monitor's ``info["episode"]["r"]``; the learned one is ``info["learned_episode"]["r"]`` when a
     learned-reward wrapper is present.
     """
@@ -51,7 +53,7 @@ def evaluate(agent: BaseAlgorithm, venv: VecEnv, n_episodes: int = 10, determini
                 continue
             episode = infos[i].get("episode")
             if episode is None:
-                raise RuntimeError("evaluation env has no Monitor: the true return cannot be read")
+                raise RewardError("the evaluation env has no Monitor inside: the true return cannot be read")
             result.true_returns.append(float(episode["r"]))
             result.lengths.append(int(episode["l"]))
             result.learned_returns.append(float(infos[i].get("learned_episode", {}).get("r", np.nan)))

@@ -1,5 +1,5 @@
-"""The learned-reward pipeline behind ``train_agent``: a reward model for the tasks, the plan of runs
-(task × seed × reward source), and the rows of the final table. A grid scheduler reuses these."""
+"""The experiment behind one ``train_agent`` command: a reward model for its tasks, the plan of runs
+(task × seed × reward source), running them in order, and the rows of the final table."""
 
 from __future__ import annotations
 
@@ -8,17 +8,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlrm.agents import default_algo, load_spec
-from rlrm.console import fmt, slug
-from rlrm.data.collect import collect
+from rlrm.atomic import slug
+from rlrm.data.rollout import collect
 from rlrm.errors import ConfigError
 from rlrm.model import read_description
 from rlrm.model.network import ModelConfig
-from rlrm.runs import RunSpec
+from rlrm.rl.hyperparams import default_algo, load_spec
+from rlrm.rl.runs import RunSpec
 from rlrm.tasks import Task
 from rlrm.tracking import WandbOptions
-from rlrm.train import job
-from rlrm.train.loop import TrainConfig
+from rlrm.train.job import train_job
+from rlrm.train.loop import TrainConfig, TrainResult
+from rlrm.wrappers import RewardShaping
 
 
 def check_heads(model_path: Path, tasks: Sequence[Task]) -> None:
@@ -30,31 +31,38 @@ def check_heads(model_path: Path, tasks: Sequence[Task]) -> None:
                           f"{sorted(desc['tasks'])}")
 
 
-def build_reward_model(tasks: Sequence[Task], folder: Path, collect_steps: int = 20_000, epochs: int = 30,
+@dataclass(frozen=True)
+class RewardModelBuild:
+    """A reward model made for an experiment: its file, and the training result (``None`` when reused)."""
+
+    path: Path
+    result: TrainResult | None = None
+
+
+def build_reward_model(tasks: Sequence[Task], folder: Path, *, collect_steps: int = 20_000, epochs: int = 30,
                        seed: int = 0, reuse: bool = False, wandb: WandbOptions | None = None,
-                       progress: bool = True) -> Path:
+                       progress: bool = True) -> RewardModelBuild:
     """Collect random-policy transitions (labeled by each task's labeler) and train one model for all tasks.
 
     :param reuse: keep ``folder/reward_model.safetensors`` if it already has a head for every task.
-    :return: the model file.
     """
     out = folder / "reward_model.safetensors"
     if reuse and out.exists():
         try:
             check_heads(out, tasks)
-            print(f"reusing reward model {out}")
-            return out
+            return RewardModelBuild(out)
         except ConfigError:
             pass
     data_dirs = []
     for i, task in enumerate(tasks):
-        ds = collect(task, collect_steps, "random", n_envs=8, seed=seed + 1000 + i, progress=progress)
+        ds = collect(task, collect_steps, n_envs=8, seed=seed + 1000 + i, progress=progress)
         data_dirs.append(ds.save(folder / "data" / slug(task.name)))
-    job.run(data_dirs, out, TrainConfig(epochs=epochs, seed=seed), ModelConfig(), wandb=wandb, progress=progress)
-    return out
+    result = train_job(data_dirs, out, TrainConfig(epochs=epochs, seed=seed), ModelConfig(), wandb=wandb,
+                       progress=progress)
+    return RewardModelBuild(out, result)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PlanOptions:
     """How each run of a plan is set up (see ``python -m rlrm.train_agent --help``)."""
 
@@ -66,7 +74,7 @@ class PlanOptions:
     eval_freq: int | None = None
     eval_episodes: int = 10
     checkpoint_freq: int = 0
-    reward_kwargs: dict[str, Any] = field(default_factory=dict)
+    shaping: RewardShaping = field(default_factory=RewardShaping)
 
 
 def plan_runs(tasks: Sequence[Task], reward_model: Path | None, opts: PlanOptions) -> list[RunSpec]:
@@ -80,26 +88,25 @@ def plan_runs(tasks: Sequence[Task], reward_model: Path | None, opts: PlanOption
                 specs.append(RunSpec(task, agent, seed, reward, str(reward_model) if reward_model else None,
                                      eval_freq=eval_freq, eval_episodes=opts.eval_episodes,
                                      checkpoint_freq=opts.checkpoint_freq,
-                                     reward_kwargs=opts.reward_kwargs if reward == "learned" else {}))
+                                     shaping=opts.shaping if reward == "learned" else RewardShaping()))
     return specs
 
 
-def _num(value: Any) -> float:
-    """A stored number (``None`` in JSON for NaN) as a float."""
-    return float("nan") if value is None else float(value)
-
-
 def table_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows for the final table: each learned-reward run with the true-reward baseline's return beside it."""
+    """Rows for the final table: each run's numbers, a learned-reward run with its true-reward baseline beside it."""
     base = {(r["task"], r["algo"], r["seed"]): r for r in results if r["reward"] == "true"}
     rows = []
     for r in results:
         b = base.get((r["task"], r["algo"], r["seed"])) if r["reward"] == "learned" else None
         rows.append({"task": r["task"], "algo": r["algo"], "seed": r["seed"], "reward": r["reward"],
-                     "timesteps": r["timesteps"],
-                     "true return": f"{fmt(_num(r['true_mean']), 1)} ± {fmt(_num(r['true_std']), 1)}",
-                     "learned return": fmt(_num(r["learned_mean"]), 1),
-                     "baseline true return": f"{fmt(_num(b['true_mean']), 1)} ± {fmt(_num(b['true_std']), 1)}"
-                     if b else "-",
-                     "train s": f"{float(r.get('train_seconds', float('nan'))):.1f}"})
+                     "timesteps": r["timesteps"], "true_mean": _num(r["true_mean"]), "true_std": _num(r["true_std"]),
+                     "learned_mean": _num(r["learned_mean"]),
+                     "baseline_mean": _num(b["true_mean"]) if b else None,
+                     "baseline_std": _num(b["true_std"]) if b else None,
+                     "train_seconds": _num(r.get("train_seconds"))})
     return rows
+
+
+def _num(value: Any) -> float:
+    """A stored number (``None`` in JSON for NaN) as a float."""
+    return float("nan") if value is None else float(value)
