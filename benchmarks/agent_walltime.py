@@ -38,8 +38,9 @@ import torch
 import rlrm.rl.envs
 from rlrm import model as rm
 from rlrm.data.rollout import collect
+from rlrm.rl.folder import RunSpec
 from rlrm.rl.hyperparams import load_spec
-from rlrm.rl.runs import RunSpec, train_run
+from rlrm.rl.runs import train_run
 from rlrm.tasks import Task
 from rlrm.train.loop import TrainConfig, train_reward_model
 from rlrm.wrappers import VecLearnedReward

@@ -12,7 +12,7 @@ from rlrm import cli
 from rlrm.atomic import slug
 from rlrm.data.rollout import collect, summary_row
 from rlrm.errors import ConfigError
-from rlrm.rl.files import agent_policy
+from rlrm.rl.saved import agent_policy
 from rlrm.tasks import Task, load_catalog
 
 FLAGS = {"policy": "--policy", "steps": "--steps", "out": "--out"}

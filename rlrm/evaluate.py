@@ -15,7 +15,8 @@ from rlrm import cli
 from rlrm import model as rm
 from rlrm.errors import ConfigError
 from rlrm.rl.evaluation import evaluate_agent
-from rlrm.rl.runs import RunFolder, load_agent_for_eval
+from rlrm.rl.folder import RunFolder
+from rlrm.rl.saved import load_agent_for_eval
 from rlrm.tasks import load_catalog
 
 FLAGS = {"agent": "--agent", "task": "--task", "reward_model": "--reward-model", "episodes": "--episodes"}

@@ -13,8 +13,8 @@ from rlrm.data.rollout import collect
 from rlrm.errors import ConfigError
 from rlrm.model import read_description
 from rlrm.model.network import ModelConfig
+from rlrm.rl.folder import RunSpec
 from rlrm.rl.hyperparams import default_algo, load_spec
-from rlrm.rl.runs import RunSpec
 from rlrm.tasks import Task
 from rlrm.tracking import WandbOptions
 from rlrm.train.job import train_job

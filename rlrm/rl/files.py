@@ -8,13 +8,10 @@ import os
 import zipfile
 from pathlib import Path
 
-import numpy as np
-from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
 from rlrm import atomic
-from rlrm.data.rollout import Policy, random_policy
 from rlrm.errors import ConfigError
 from rlrm.rl.hyperparams import ALGOS, algo_class
 
@@ -70,34 +67,3 @@ def save_agent(agent: BaseAlgorithm, path: str | os.PathLike) -> None:
     """``agent.save`` into a temp file renamed into place (SB3 writes zips in place; a kill leaves the old one)."""
     with atomic.temp_path(path) as tmp:
         agent.save(str(tmp))
-
-
-def agent_policy(spec: str, action_space: spaces.Space, n_envs: int, seed: int) -> Policy:
-    """A behaviour policy from a spec: ``random``, ``PATH.zip`` (a saved SB3 agent, deterministic=False) or
-    ``mixture:PATH.zip:EPS`` (the agent, replaced by a random action with probability EPS per env step)."""
-    if spec == "random":
-        return random_policy(action_space, n_envs, seed)
-    eps = 0.0
-    path = spec
-    if spec.startswith("mixture:"):
-        path, _, eps_text = spec[len("mixture:"):].rpartition(":")
-        try:
-            eps = float(eps_text)
-        except ValueError:
-            eps = -1.0
-        if not path or not 0.0 <= eps <= 1.0:
-            raise ConfigError(f"policy {spec!r}: expected mixture:PATH.zip:EPS with EPS in [0, 1]")
-    agent = load_agent(path)
-    rand = random_policy(action_space, n_envs, seed)
-    rng = np.random.default_rng(seed)
-
-    def act(obs: object) -> np.ndarray:
-        actions, _ = agent.predict(obs, deterministic=False)
-        if eps > 0:
-            mask = rng.random(n_envs) < eps
-            if mask.any():
-                actions = np.array(actions, copy=True)
-                actions[mask] = rand(obs)[mask]
-        return actions
-
-    return act
