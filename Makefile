@@ -22,9 +22,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	WANDB_MODE=offline WANDB_SILENT=true $(VENV)/bin/python -m pytest -q
 	$(VENV)/bin/ruff check rlrm tests examples benchmarks
+	$(VENV)/bin/lint-imports
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rlrm tests examples benchmarks
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) runs wandb .pytest_cache
