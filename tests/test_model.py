@@ -66,9 +66,9 @@ def test_tasks_of_different_spaces_coexist(cartpole_ds: TransitionDataset, pendu
     model = _model([cartpole_ds, pendulum_ds], dict_task=True)
     assert list(model.tasks) == ["CartPole-v1", "Pendulum-v1", "dict.task"]
     assert len(model.groups) == 3
-    assert model.group_of("CartPole-v1").dim == 4 + 2 + 4  # obs, one-hot action, next_obs
-    assert model.group_of("Pendulum-v1").dim == 3 + 1 + 3
-    assert model.group_of("dict.task").dim == 2 * (3 + 4 + 4 + 5 + 4) + 3 + 2
+    assert model.group_of("CartPole-v1").dim == 4 + 2 + 4 + 1  # obs, one-hot action, next_obs, done
+    assert model.group_of("Pendulum-v1").dim == 3 + 1 + 3 + 1
+    assert model.group_of("dict.task").dim == 2 * (3 + 4 + 4 + 5 + 4) + 3 + 2 + 1
     for ds, n in ((cartpole_ds, 17), (pendulum_ds, 5)):
         r = model.predict(ds.task.name, *_batch(ds, n))
         assert r.shape == (n,) and r.dtype == np.float32 and np.all(np.isfinite(r))
@@ -229,7 +229,7 @@ def test_reward_fn_short_path_accepts_and_rejects_what_predict_does(cartpole_ds,
 def test_reward_fn_dtype_follows_the_standardization(pendulum_ds: TransitionDataset) -> None:
     """float32 (like torch) while |mean| / std stays moderate; float64 where folding would cancel large terms."""
     obs, act, nxt, done = _batch(pendulum_ds, 64)
-    model = _model([pendulum_ds], ModelConfig())
+    model = _model([pendulum_ds], ModelConfig(inputs=["obs", "action", "next_obs"]))
     gid = model.tasks["Pendulum-v1"].group
     rng = np.random.default_rng(1)
     for offset, dtype in ((0.0, np.float32), (8.0, np.float32), (50.0, np.float64)):
@@ -244,15 +244,25 @@ def test_reward_fn_dtype_follows_the_standardization(pendulum_ds: TransitionData
                     for i in (slice(0, 3), slice(3, 4), slice(4, 7)))
         expected = model.predict("Pendulum-v1", o, a, n_, done)
         np.testing.assert_allclose(fn(o, a, n_, done), expected, rtol=1e-5, atol=1e-5)
-    # a constant action 0.5 in the data: std at its floor, so float32 folding would be off by far more than 1e-5
-    model.set_normalization(gid, np.r_[obs.mean(0), 0.5, nxt.mean(0)], np.r_[obs.std(0), 1e-6, nxt.std(0)])
+    # actions within 0.5 +- 1e-4 in the data: std at its floor (1e-3 of |mean| + range), |mean| / std ~1000
     const = np.full_like(act, 0.5)
+    low, high = np.r_[obs.min(0), 0.5 - 1e-4, nxt.min(0)], np.r_[obs.max(0), 0.5 + 1e-4, nxt.max(0)]
+    model.set_normalization(gid, np.r_[obs.mean(0), 0.5, nxt.mean(0)], np.r_[obs.std(0), 1e-6, nxt.std(0)], low, high)
+    assert model.normalization(gid)[1][3] == pytest.approx(1e-3 * (0.5 + 2e-4))
     exact = model.predict("Pendulum-v1", obs, const, nxt, done)
     fn = model.reward_fn("Pendulum-v1")
     assert fn.dtype == np.float64
     np.testing.assert_allclose(fn(obs, const, nxt, done), exact, rtol=1e-5, atol=1e-5)
-    forced = model.reward_fn("Pendulum-v1", dtype="float32")
-    assert forced.dtype == np.float32 and not np.allclose(forced(obs, const, nxt, done), exact, rtol=1e-5, atol=1e-5)
+    assert model.reward_fn("Pendulum-v1", dtype="float32").dtype == np.float32
+    # exactly 0.5 in the data: a constant feature, folded into the bias (float32 again); no action moves the reward
+    low[3] = high[3] = 0.5
+    model.set_normalization(gid, np.r_[obs.mean(0), 0.5, nxt.mean(0)], np.r_[obs.std(0), 0.0, nxt.std(0)], low, high)
+    fn = model.reward_fn("Pendulum-v1")
+    assert fn.dtype == np.float32
+    for a in (0.5, -2.0, 2.0, 1e6):
+        other = np.full_like(act, a)
+        np.testing.assert_allclose(fn(obs, other, nxt, done), exact, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(model.predict("Pendulum-v1", obs, other, nxt, done), exact)
     with pytest.raises(ValueError, match="dtype"):
         model.reward_fn("Pendulum-v1", dtype="float16")
 

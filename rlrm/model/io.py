@@ -1,11 +1,14 @@
 """Save/load a ``RewardModel`` as one safetensors file: weights as tensors, everything else as JSON in
-the file's metadata. Loading never unpickles; writing is atomic."""
+the file's metadata. Loading never unpickles, and checks the JSON header (sizes, tensor shapes) before it
+allocates anything; writing is atomic."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -15,11 +18,17 @@ from safetensors.torch import save as st_save
 import rlrm
 from rlrm import atomic
 from rlrm.errors import ModelFileError
-from rlrm.model.network import RewardModel
+from rlrm.model.network import CLIP, RewardModel
 
 FORMAT = "rlrm.reward_model"
-FORMAT_VERSION = 1
+#: 2: clip bounds per input group (``norm_low_*``, ``norm_high_*``); version 1 files get mean -/+ CLIP std
+FORMAT_VERSION = 2
 META_KEY = "rlrm"
+#: what a model file may ask for: beyond these it is refused before anything is built
+MAX_PARAMETERS = 10**8
+MAX_WIDTH = 65536  # an encoder layer, or an input group's features
+MAX_DISCRETE = 4096  # a Discrete space's one-hot table is n x n
+_MAX_HEADER = 100 * 2**20  # safetensors' own limit on its JSON header
 
 
 def save(model: RewardModel, path: str | os.PathLike) -> Path:
@@ -33,26 +42,62 @@ def save(model: RewardModel, path: str | os.PathLike) -> Path:
 
 
 def read_description(path: str | os.PathLike) -> dict:
-    """The JSON description stored in a model file (no weights loaded)."""
-    return _read(Path(path))[0]
+    """The JSON description stored in a model file (read from its header; no weights loaded)."""
+    return _read_header(Path(path))[0]
 
 
-def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+def load(path: str | os.PathLike) -> RewardModel:
+    """Load a model saved by :func:`save` (safetensors + JSON; nothing is executed).
+
+    The header alone is checked first: sizes within ``MAX_WIDTH``/``MAX_PARAMETERS``, and every tensor's shape
+    as the description implies; the model is built without memory (torch's meta device) until then.
+    """
+    path = Path(path)
+    desc, header = _read_header(path)
+    _check_sizes(path, desc)
+    try:
+        with torch.device("meta"):
+            model = RewardModel.from_description(desc)
+    except ModelFileError as err:
+        raise ModelFileError(f"{path}: {err}") from None
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    _check_shapes(path, header, expected, desc["format_version"])
+    tensors = _read_tensors(path)
+    model.to_empty(device="cpu")
+    model.load_state_dict(tensors, strict=False)
+    if desc["format_version"] < 2:
+        with torch.no_grad():
+            for gid in model.groups:
+                mean, std = model.normalization(gid)
+                low, high = model.clip_bounds(gid)
+                low.copy_(mean - CLIP * std)
+                high.copy_(mean + CLIP * std)
+    model.eval()
+    return model
+
+
+def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(description, tensor entries) from the file's JSON header, with the format checked."""
     if not path.exists():
         raise ModelFileError(f"{path}: reward model file not found")
     if path.is_dir():
         raise ModelFileError(f"{path}: expected a reward model file (.safetensors), found a directory")
-    data = path.read_bytes()
+    with path.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        n = int.from_bytes(f.read(8), "little")
+        if size < 8 or n > min(size - 8, _MAX_HEADER):
+            raise ModelFileError(f"{path}: not a readable rlrm reward model (truncated or not safetensors: header of "
+                                 f"{n} bytes in a file of {size})")
+        raw = f.read(n)
     try:
-        tensors = st_load(data)
-    except (SafetensorError, ValueError, RuntimeError, OSError) as err:
-        raise ModelFileError(f"{path}: not a readable rlrm reward model (truncated or not safetensors: "
-                             f"{str(err).splitlines()[0][:120]})") from None
-    header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(raw)
+        meta = header.pop("__metadata__", None) if isinstance(header, dict) else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModelFileError(f"{path}: not a readable rlrm reward model (truncated or not safetensors: the header "
+                             "is not JSON)") from None
     try:
-        header = json.loads(data[8:8 + header_len])
-        desc = json.loads(header["__metadata__"][META_KEY])
-    except (KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError):
+        desc = json.loads(meta[META_KEY])
+    except (KeyError, TypeError, json.JSONDecodeError):
         desc = None
     if not isinstance(desc, dict):
         raise ModelFileError(f"{path}: a safetensors file, but not an rlrm reward model (no 'rlrm' metadata)")
@@ -62,27 +107,76 @@ def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ModelFileError(f"{path}: field 'format_version' is {version!r}; this rlrm ({rlrm.__version__}) reads "
                              f"up to {FORMAT_VERSION}: upgrade rlrm")
-    return desc, tensors
+    return desc, header
 
 
-def load(path: str | os.PathLike) -> RewardModel:
-    """Load a model saved by :func:`save` (safetensors + JSON; nothing is executed)."""
-    path = Path(path)
-    desc, tensors = _read(path)
+def _check_sizes(path: Path, desc: dict[str, Any]) -> None:
+    """Refuse a description that asks for absurd sizes, from its numbers alone."""
     try:
-        model = RewardModel.from_description(desc)
-    except ModelFileError as err:
-        raise ModelFileError(f"{path}: {err}") from None
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
+        config, groups, tasks = desc["config"], desc["groups"], desc["tasks"]
+        widths = [int(w) for w in config["encoder"]]
+        inputs = list(config.get("inputs") or [])
+        dims = {g: _group_dim(v, inputs) for g, v in groups.items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ModelFileError(f"{path}: malformed model description: {type(err).__name__}: {err}") from None
+    for name, value in [("config.encoder", max(widths, default=0)),
+                        *((f"groups.{g}: input features", d) for g, d in dims.items())]:
+        if value > MAX_WIDTH:
+            raise ModelFileError(f"{path}: field {name!r} asks for a width of {value:,}; at most {MAX_WIDTH:,}")
+    params = sum(d * widths[0] + widths[0] for d in dims.values()) if widths else 0
+    params += sum(a * b + b for a, b in zip(widths, widths[1:])) + len(tasks) * (widths[-1] + 1 if widths else 0)
+    if params > MAX_PARAMETERS:
+        raise ModelFileError(f"{path}: the description asks for {params:,} parameters; at most {MAX_PARAMETERS:,}")
+
+
+def _group_dim(group: dict[str, Any], inputs: list[str]) -> int:
+    obs, action = _space_dim(group["obs_space"]), _space_dim(group["action_space"])
+    return sum({"obs": obs, "next_obs": obs, "action": action, "done": 1}.get(i, 0) for i in inputs)
+
+
+def _space_dim(d: dict[str, Any]) -> int:
+    """The feature count of a space description, by arithmetic only (a description may ask for anything)."""
+    kind = d["type"]
+    if kind in ("Box", "MultiBinary"):
+        shape = [int(x) for x in (d["shape"] if kind == "Box" else ([d["n"]] if isinstance(d["n"], int) else d["n"]))]
+        dim = math.prod(shape)
+    elif kind == "Discrete":
+        dim = int(d["n"])
+        if dim > MAX_DISCRETE:
+            raise ValueError(f"a Discrete space of {dim:,} values; at most {MAX_DISCRETE:,}")
+    elif kind == "MultiDiscrete":
+        nvec = d["nvec"]
+        flat = [int(x) for x in (nvec if isinstance(nvec, list) else [nvec])]
+        while flat and isinstance(flat[0], list):  # nested nvec
+            flat = [int(x) for row in flat for x in row]
+        dim = sum(flat)
+    elif kind in ("Dict", "Tuple"):
+        parts = d["spaces"].values() if kind == "Dict" else d["spaces"]
+        dim = sum(_space_dim(p) for p in parts)
+    else:
+        raise ValueError(f"unknown space type {kind!r}")
+    if dim < 0 or dim > MAX_WIDTH:
+        raise ValueError(f"a {kind} space of {dim:,} features; expected 0 to {MAX_WIDTH:,}")
+    return dim
+
+
+def _check_shapes(path: Path, header: dict[str, Any], expected: dict[str, tuple[int, ...]], version: int) -> None:
+    """Every tensor the description implies is in the header with its shape, and nothing else."""
+    if version < 2:  # files from before the clip bounds
+        expected = {k: v for k, v in expected.items() if not k.startswith(("norm_low_", "norm_high_"))}
+    missing, extra = sorted(set(expected) - set(header)), sorted(set(header) - set(expected))
     if missing or extra:
         raise ModelFileError(f"{path}: weights do not match the stored architecture (missing {missing[:3]}, "
                              f"unexpected {extra[:3]})")
-    for k, v in tensors.items():
-        if v.shape != expected[k].shape:
-            raise ModelFileError(f"{path}: tensor {k!r} has shape {tuple(v.shape)}, expected "
-                                 f"{tuple(expected[k].shape)}")
-    model.load_state_dict(tensors, strict=True)
-    model.eval()
-    return model
+    for k, shape in expected.items():
+        found = header[k].get("shape") if isinstance(header[k], dict) else None
+        if not isinstance(found, list) or tuple(found) != shape:
+            raise ModelFileError(f"{path}: tensor {k!r} has shape {tuple(found or ())}, expected {shape}")
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return st_load(path.read_bytes())
+    except (SafetensorError, ValueError, RuntimeError, OSError) as err:
+        raise ModelFileError(f"{path}: not a readable rlrm reward model (truncated or not safetensors: "
+                             f"{str(err).splitlines()[0][:120]})") from None

@@ -3,7 +3,9 @@
 Layout::
 
     features = [adapter(obs), adapter(action), adapter(next_obs), done]   (numpy, rlrm.spaces)
-    x = (features - mean) / std                  per input group (tasks with the same spaces share one)
+    x = (clip(features, low, high) - mean) / std   per input group (tasks with the same spaces share one);
+                                                 low/high = mean -/+ CLIP std, or the value of a feature
+                                                 that was constant in the training data
     h = stem[group](x)                           Linear + activation (+ LayerNorm): maps any spaces to width[0]
     z = encoder(h)                               shared by every task
     r = head[task](z) * label_std + label_mean   one Linear per task, in label units (label_std 0: constant)
@@ -32,19 +34,26 @@ from rlrm.tasks import Task
 #: activation names accepted in model configs and agent hyperparameters (``policy_kwargs.activation_fn``)
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU,
                                            "elu": nn.ELU, "leaky_relu": nn.LeakyReLU}
+#: standardized inputs are clipped to +-CLIP (as VecNormalize does): no input can take the network far outside the
+#: region its data covered, where an agent would find rewards the data never showed
+CLIP = 10.0
+#: the std of a feature is at least this fraction of its scale (|mean| + range in the data), and at least STD_MIN
+STD_FLOOR = 1e-3
+STD_MIN = 1e-6
 
 
 @dataclass
 class ModelConfig:
     """Architecture. ``encoder``: layer widths (the first is the stems' output); ``inputs``: a subset of
-    ``obs, action, next_obs, done`` (``done`` is the terminated flag)."""
+    ``obs, action, next_obs, done`` (``done`` is the terminated flag; on by default, since a reward paid when
+    an episode ends cannot be told from the state alone)."""
 
     # 64x64 by default: enough for the shipped tasks and cheap on the wrapper's hot path, where every step pays
     # the MLP's arithmetic (benchmarks/RESULTS.md).
     encoder: list[int] = field(default_factory=lambda: [64, 64])
     activation: str = "relu"
     layer_norm: bool = False
-    inputs: list[str] = field(default_factory=lambda: ["obs", "action", "next_obs"])
+    inputs: list[str] = field(default_factory=lambda: ["obs", "action", "next_obs", "done"])
 
     def __post_init__(self) -> None:
         if not self.encoder or any(int(w) <= 0 for w in self.encoder):
@@ -116,6 +125,8 @@ class RewardModel(nn.Module):
             self.stems[gid] = nn.Sequential(*_block(group.dim, self.config.encoder[0], self.config))
             self.register_buffer(f"norm_mean_{gid}", torch.zeros(group.dim))
             self.register_buffer(f"norm_std_{gid}", torch.ones(group.dim))
+            self.register_buffer(f"norm_low_{gid}", torch.full((group.dim,), -CLIP))
+            self.register_buffer(f"norm_high_{gid}", torch.full((group.dim,), CLIP))
         head = TaskHead(task, gid)
         self.tasks[task.name] = head
         self.heads[head_key(task.name)] = nn.Linear(self.config.encoder[-1], 1)
@@ -133,16 +144,38 @@ class RewardModel(nn.Module):
             raise ConfigError(f"the reward model has no head for task {task!r}; it has: "
                               f"{', '.join(self.tasks) or 'none'}") from None
 
-    def set_normalization(self, gid: str, mean: np.ndarray, std: np.ndarray) -> None:
-        """Fix the feature standardization of an input group (non-continuous features stay as they are)."""
+    def set_normalization(self, gid: str, mean: np.ndarray, std: np.ndarray, low: np.ndarray | None = None,
+                          high: np.ndarray | None = None) -> None:
+        """Fix the feature standardization of an input group: ``(clip(x, lo, hi) - mean) / std``.
+
+        Continuous features get ``std`` floored at ``STD_FLOOR * (|mean| + range)`` (so a nearly constant one cannot
+        turn a small change into a huge input) and bounds ``mean -/+ CLIP * std``; one-hot codes and flags keep mean
+        0, std 1. A feature constant in the data (``low == high``) is clipped to that value: a value never seen
+        in training cannot move the reward.
+
+        :param low: smallest value of each feature in the training data (with ``high``; default: unknown).
+        :param high: largest value of each feature in the training data.
+        """
         cont = self.groups[gid].continuous
-        mean = np.where(cont, mean, 0.0).astype(np.float32)
-        std = np.where(cont, np.maximum(std, 1e-6), 1.0).astype(np.float32)
-        getattr(self, f"norm_mean_{gid}").copy_(torch.from_numpy(mean))
-        getattr(self, f"norm_std_{gid}").copy_(torch.from_numpy(std))
+        mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+        span = np.zeros_like(mean) if low is None or high is None else np.asarray(high, np.float64) - low
+        floor = np.maximum(STD_FLOOR * (np.abs(mean) + span), STD_MIN)
+        mean = np.where(cont, mean, 0.0)
+        std = np.where(cont, np.maximum(std, floor), 1.0)
+        lo, hi = mean - CLIP * std, mean + CLIP * std
+        if low is not None and high is not None:
+            const = np.asarray(low) == np.asarray(high)
+            lo, hi = np.where(const, low, lo), np.where(const, high, hi)
+        for name, value in (("mean", mean), ("std", std), ("low", lo), ("high", hi)):
+            getattr(self, f"norm_{name}_{gid}").copy_(torch.from_numpy(value.astype(np.float32)))
 
     def normalization(self, gid: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (mean, std) of an input group's standardization."""
         return getattr(self, f"norm_mean_{gid}"), getattr(self, f"norm_std_{gid}")
+
+    def clip_bounds(self, gid: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (low, high) bounds an input group's raw features are clipped to before standardization."""
+        return getattr(self, f"norm_low_{gid}"), getattr(self, f"norm_high_{gid}")
 
     def set_label_scale(self, task: str, mean: float, std: float) -> None:
         """Set the label scale a head's output is mapped to (the head learns standardized labels).
@@ -164,7 +197,8 @@ class RewardModel(nn.Module):
         """Shared representation ``z`` of feature rows (normalization, stem, encoder)."""
         gid = self.head_info(task).group
         mean, std = self.normalization(gid)
-        return self.encoder(self.stems[gid]((features - mean) / std))
+        low, high = self.clip_bounds(gid)
+        return self.encoder(self.stems[gid]((torch.clamp(features, low, high) - mean) / std))
 
     def forward_standardized(self, task: str, features: torch.Tensor) -> torch.Tensor:
         """The head's raw output: rewards in standardized label units, ``(r - label_mean) / label_std``.
@@ -192,8 +226,9 @@ class RewardModel(nn.Module):
             large offsets; see :mod:`rlrm.model.numpy_fn`).
         """
         info = self.head_info(task)
-        mean, std = (t.detach().double().numpy() for t in self.normalization(info.group))
-        return NumpyRewardFn.from_layers(self.groups[info.group], mean, std,
+        mean, std, low, high = (t.detach().double().numpy() for t in (*self.normalization(info.group),
+                                                                      *self.clip_bounds(info.group)))
+        return NumpyRewardFn.from_layers(self.groups[info.group], mean, std, low, high,
                                          [*self.stems[info.group], *self.encoder], self.heads[head_key(task)],
                                          info.label_mean, info.label_std, task, dtype)
 

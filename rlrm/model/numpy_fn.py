@@ -2,12 +2,13 @@
 
 The wrapper calls the reward once per environment step, where a torch call (tensor conversion,
 dispatch, autograd bookkeeping) costs more than the arithmetic of a small MLP on a few rows. This path
-folds input standardization into the first layer and the label scale into the head, computes in
+clips the raw features to the model's bounds in the features buffer (the clip cannot be folded), folds
+input standardization into the first layer and the label scale into the head, computes in
 float32 like the torch model (float64 when the folding would lose precision, see ``_choose_dtype``)
 with preallocated buffers, and matches :meth:`RewardModel.predict` within 1e-5.
 
 At ~0.5-1 us per NumPy call on a few rows, the number of calls is the cost: for a batch size it has
-seen, a call is one features fill (one ``np.concatenate`` into a preallocated buffer), then a fixed
+seen, a call is one features fill (one ``np.concatenate`` into a preallocated buffer), one clip, then a fixed
 list of prebuilt operations (``np.dot`` into contiguous buffers, in-place activations), then the head's
 matrix-vector ``np.dot``, whose fresh output is the result.
 """
@@ -26,6 +27,10 @@ from rlrm import spaces as sp
 from rlrm.model.features import InputGroup
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+try:  # the clip ufunc itself: np.clip adds Python-level argument handling to every call
+    from numpy._core.umath import clip as _clip
+except ImportError:  # pragma: no cover - other NumPy layouts
+    _clip = np.clip
 _ARG_INDEX = {"obs": 0, "action": 1, "next_obs": 2, "done": 3}
 
 
@@ -97,22 +102,30 @@ def _filler(group: InputGroup, n: int, out: np.ndarray, dtype: np.dtype) -> Call
     i64 = np.dtype(np.int64)
     shape_n = (n,)
     concatenate = np.concatenate
-    if [(k, i) for k, i, _ in plan] in ([(box, 0), (box, 1), (box, 2)], [(box, 0), (discrete, 1), (box, 2)]):
-        # The default inputs (obs, action, next_obs) on a Box observation space, unrolled: each part is copied
-        # into its columns with ``view[...] = part`` (~0.15 us; np.concatenate costs ~0.9). Assignment would
-        # broadcast and cast anything, so shapes must match exactly and dtypes be float32/float64 (others,
-        # like lists, take the general path); take() raises on a Discrete value past the end or a float.
+    kinds = [(k, i) for k, i, _ in plan]
+    with_done = kinds[-1:] == [(done, 3)]
+    if kinds[:3] in ([(box, 0), (box, 1), (box, 2)], [(box, 0), (discrete, 1), (box, 2)]) and len(kinds) == 3 + with_done:
+        # The default inputs (obs, action, next_obs[, done]) on a Box observation space, unrolled: each part is
+        # copied into its columns with ``view[...] = part`` (np.concatenate costs several times more; see
+        # benchmarks/RESULTS.md). Assignment would broadcast and cast anything, so shapes must match exactly and
+        # dtypes be float32/float64 (bool too for done; others, like lists, take the general path); take() raises
+        # on a Discrete value past the end or a float.
         obs_shape, eye = plan[0][2], plan[1][2] if plan[1][0] == discrete else None
         d, k = obs_shape[1], eye.shape[0] if eye is not None else plan[1][2][1]
-        x_obs, x_act, x_next = out[:, :d], out[:, d:d + k], out[:, d + k:]
+        x_obs, x_act, x_next = out[:, :d], out[:, d:d + k], out[:, d + k:d + k + d]
+        x_done = out[:, -1] if with_done else None
         act_shape = shape_n if eye is not None else plan[1][2]
         small = n <= 64  # min over a Python list is cheaper than ndarray.min() on a few values
+        flag = np.dtype(bool)
 
         def fill3(obs: Any, action: Any, next_obs: Any, done: Any) -> bool:
             try:
                 if (obs.shape != obs_shape or next_obs.shape != obs_shape or action.shape != act_shape
                         or (obs.dtype is not f32 and obs.dtype is not f64)
                         or (next_obs.dtype is not f32 and next_obs.dtype is not f64)):
+                    return False
+                if x_done is not None and (type(done) is not np.ndarray or done.shape != shape_n or (
+                        done.dtype is not flag and done.dtype is not f32 and done.dtype is not f64)):
                     return False
                 if eye is None:
                     if action.dtype is not f32 and action.dtype is not f64:
@@ -126,6 +139,8 @@ def _filler(group: InputGroup, n: int, out: np.ndarray, dtype: np.dtype) -> Call
                 return False
             x_obs[...] = obs
             x_next[...] = next_obs
+            if x_done is not None:
+                x_done[...] = done
             return True
 
         return fill3
@@ -193,8 +208,8 @@ class NumpyRewardFn:
     SubprocVecEnv workers have their own copies). The returned array is always fresh.
     """
 
-    def __init__(self, group: InputGroup, layers: list[tuple[np.ndarray, list[Any], bool]], task: str,
-                 dtype: np.dtype | str = "float64") -> None:
+    def __init__(self, group: InputGroup, layers: list[tuple[np.ndarray, list[Any], bool]],
+                 bounds: tuple[np.ndarray, np.ndarray], task: str, dtype: np.dtype | str = "float64") -> None:
         self.group = group
         self.task = task
         self.observation_space = group.obs_space
@@ -202,6 +217,7 @@ class NumpyRewardFn:
         self.dtype = np.dtype(dtype)
         # (augmented weight, post-ops, post-ops need the view without the ones column), in self.dtype
         self._layers = [(np.ascontiguousarray(w, dtype=self.dtype), post, on_view) for w, post, on_view in layers]
+        self._bounds = bounds  # features are clipped to [low, high] before the first layer, as in RewardModel.embed
         self._n = -1  # the batch size the plan below is built for (a VecEnv steps with a fixed n)
         self._x = np.empty((0, 0), self.dtype)  # features (without the ones column): a view of the first buffer
         self._ops: tuple[Callable[[], Any], ...] = ()
@@ -209,21 +225,25 @@ class NumpyRewardFn:
         self._run: Callable[..., np.ndarray | None] = lambda *args: None
 
     @classmethod
-    def from_layers(cls, group: InputGroup, mean: np.ndarray, std: np.ndarray, modules: list[nn.Module],
-                    head: nn.Linear, label_mean: float, label_std: float, task: str,
+    def from_layers(cls, group: InputGroup, mean: np.ndarray, std: np.ndarray, low: np.ndarray, high: np.ndarray,
+                    modules: list[nn.Module], head: nn.Linear, label_mean: float, label_std: float, task: str,
                     dtype: str = "auto") -> NumpyRewardFn:
-        """Copy the weights of one task's path: input standardization ``(x - mean) / std``, then ``modules``
-        (Linear layers, activations, LayerNorms), then ``head`` scaled to label units.
+        """Copy the weights of one task's path: input standardization ``(clip(x, low, high) - mean) / std``,
+        then ``modules`` (Linear layers, activations, LayerNorms), then ``head`` scaled to label units.
 
         :param dtype: ``"float32"``, ``"float64"``, or ``"auto"`` (see :func:`_choose_dtype`).
         """
+        # a feature clipped to one value (constant in the data) is a constant term: fold it into the bias exactly
+        const = low == high
         layers: list[tuple[np.ndarray, list[Any], bool]] = []
         for m in modules:
             if isinstance(m, nn.Linear):
                 w = m.weight.detach().double().numpy().T  # (in, out)
                 b = m.bias.detach().double().numpy()
                 if not layers:  # fold (x - mean) / std into the first layer: x @ (w / std) + b - (mean / std) @ w
-                    b = b - (mean / std) @ w
+                    b = b + ((low - mean) / std)[const] @ w[const]
+                    w = np.where(const[:, None], 0.0, w)
+                    b = b - np.where(const, 0.0, mean / std) @ w
                     w = w / std[:, None]
                 aug = np.zeros((w.shape[0] + 1, w.shape[1] + 1))
                 aug[:-1, :-1], aug[-1, :-1], aug[-1, -1] = w, b, 1.0
@@ -235,13 +255,15 @@ class NumpyRewardFn:
         w = head.weight.detach().double().numpy()[0] * label_std
         b = head.bias.detach().double().numpy() * label_std + label_mean
         layers.append((np.concatenate([w, b]), [], False))  # a vector: the head is a matrix-vector product
-        return cls(group, layers, task, _choose_dtype(mean, std, dtype))
+        return cls(group, layers, (low, high), task, _choose_dtype(np.where(const, 0.0, mean), std, dtype))
 
     def _plan(self, n: int) -> None:
         """Buffers for ``n`` rows and the operations of a call, bound to them once."""
         dt = self.dtype
         x = np.ones((n, self.group.dim + 1), dt)
-        ops: list[Callable[[], Any]] = []
+        # bounds over the whole buffer (the ones column too, clipped to 1): one clip of a contiguous array
+        low, high = (np.tile(np.r_[b, 1.0].astype(dt), (n, 1)) for b in self._bounds)
+        ops: list[Callable[[], Any]] = [partial(_clip, x, low, high, x)]
         relu_layers: list[tuple[np.ndarray, ...]] | None = []  # (in, weight, out, zeros) while all are Linear+ReLU
         src = x
         for w, post, on_view in self._layers[:-1]:
@@ -262,7 +284,8 @@ class NumpyRewardFn:
         self._ops = tuple(ops)
         self._head = head
         fill = _filler(self.group, n, self._x, dt)
-        self._run = _runner(fill, self._ops, head) if relu_layers is None else _relu_runner(fill, relu_layers, head)
+        self._run = (_runner(fill, self._ops, head) if relu_layers is None
+                     else _relu_runner(fill, self._ops[0], relu_layers, head))
         self._n = n
 
     def __call__(self, obs: Any, action: Any, next_obs: Any, done: Any) -> np.ndarray:
@@ -302,17 +325,19 @@ def _runner(fill: Callable[..., bool], ops: tuple[Callable[[], Any], ...],
     return run
 
 
-def _relu_runner(fill: Callable[..., bool], layers: list[tuple[np.ndarray, ...]],
+def _relu_runner(fill: Callable[..., bool], clip: partial, layers: list[tuple[np.ndarray, ...]],
                  head: partial) -> Callable[..., np.ndarray | None]:
     """:func:`_runner` for an MLP of Linear+ReLU layers (the default): a plain loop of ``np.dot`` and
-    ``np.maximum`` calls, ~0.15 us per layer less than calling prebuilt partials."""
+    ``np.maximum`` calls, cheaper per layer than calling prebuilt partials."""
     h_dot, wh, cast = head.args
+    x, low, high = clip.args[:3]
     maximum, f32 = np.maximum, np.float32
     steps = tuple(layers)
 
     def run(obs: Any, action: Any, next_obs: Any, done: Any) -> np.ndarray | None:
         if not fill(obs, action, next_obs, done):
             return None
+        _clip(x, low, high, x)
         for dot, w, o, z in steps:
             dot(w, o)
             maximum(o, z, out=o)
