@@ -80,10 +80,46 @@ def test_multi_task_training_reports_every_task(cartpole_ds: TransitionDataset, 
     assert len(result.history) == 3
     for epoch, row in enumerate(result.history, 1):
         assert row["epoch"] == epoch
-        assert {"train/loss", "val/loss", "val/CartPole-v1/loss", "val/Pendulum-v1/loss"} <= set(row)
+        assert {"train/loss", "val/loss", "val/Pendulum-v1/loss"} <= set(row)
     assert result.history[-1]["train/loss"] < result.history[0]["train/loss"]
     assert result.model.meta["training"]["epochs"] == 3  # the config is recorded with the model
     assert set(result.model.meta["metrics"]) == {"CartPole-v1", "Pendulum-v1"}
+
+
+def test_constant_label_tasks_stay_out_of_the_loss(cartpole_ds: TransitionDataset,
+                                                  pendulum_ds: TransitionDataset) -> None:
+    """CartPole's labels are constant: its head is never used (label_std 0), so it takes no share of the batches and
+    no part in early stopping, and still gets a head and held-out metrics."""
+    result = train_reward_model([cartpole_ds, pendulum_ds], TrainConfig(epochs=3, patience=0), model_config=SMALL,
+                                progress=False)
+    for row in result.history:
+        assert "val/CartPole-v1/loss" not in row
+        assert row["val/loss"] == row["val/Pendulum-v1/loss"]
+    assert result.model.meta["training"]["constant_labels"] == ["CartPole-v1"]
+    assert set(result.metrics) == {"CartPole-v1", "Pendulum-v1"} and result.metrics["CartPole-v1"]["mse"] == 0.0
+    alone = train_reward_model([cartpole_ds], TrainConfig(epochs=3), model_config=SMALL, progress=False)
+    assert alone.history == [] and alone.best_epoch == 0  # nothing to fit: the head predicts the mean exactly
+    assert alone.metrics["CartPole-v1"]["mse"] == 0.0
+
+
+def test_validation_split_depends_on_task_name_and_seed_only(pendulum_ds: TransitionDataset,
+                                                             acrobot_ds: TransitionDataset, tmp_path: Path) -> None:
+    """Adding a task that sorts earlier (Acrobot before Pendulum) leaves Pendulum's held-out episodes where they
+    were; they are stored per task in the model file."""
+    cfg = TrainConfig(epochs=1, seed=3)
+    alone = train_reward_model([pendulum_ds], cfg, model_config=SMALL, progress=False)
+    both = train_reward_model([acrobot_ds, pendulum_ds], cfg, model_config=SMALL, progress=False)
+    stored = [rm.load(rm.save(r.model, tmp_path / f"{i}.safetensors")).meta["training"]["validation_episodes"]
+              for i, r in enumerate((alone, both))]
+    assert stored[0]["Pendulum-v1"] == stored[1]["Pendulum-v1"] and stored[0]["Pendulum-v1"]
+    assert set(stored[1]) == {"Acrobot-v1", "Pendulum-v1"}
+    assert alone.metrics["Pendulum-v1"]["n_val"] == both.metrics["Pendulum-v1"]["n_val"]
+    other_seed = train_reward_model([pendulum_ds], TrainConfig(epochs=1, seed=4), model_config=SMALL, progress=False)
+    assert other_seed.model.meta["training"]["validation_episodes"]["Pendulum-v1"] != stored[0]["Pendulum-v1"]
+    # extending a model keeps a known task's validation episodes, whatever the seed
+    extended = train_reward_model([acrobot_ds, pendulum_ds], TrainConfig(epochs=1, seed=4),
+                                  model=copy.deepcopy(alone.model), progress=False)
+    assert extended.model.meta["training"]["validation_episodes"]["Pendulum-v1"] == stored[0]["Pendulum-v1"]
 
 
 def test_proportional_sampling(cartpole_ds: TransitionDataset, pendulum_ds: TransitionDataset) -> None:
@@ -120,7 +156,8 @@ def test_few_shot_head_leaves_the_encoder_bit_identical(pendulum_result: TrainRe
 def test_extending_without_freezing_trains_the_encoder(pendulum_result: TrainResult,
                                                        acrobot_ds: TransitionDataset) -> None:
     trained = copy.deepcopy(pendulum_result.model)
-    result = train_reward_model([acrobot_ds], TrainConfig(epochs=1, patience=0), model=trained, progress=False)
+    varied = acrobot_ds.with_labels(acrobot_ds.obs[:, 0], "cos(theta1)")  # Acrobot's own labels are a constant -1
+    result = train_reward_model([varied], TrainConfig(epochs=1, patience=0), model=trained, progress=False)
     assert "Acrobot-v1" in result.model.tasks
     assert not _same_weights(pendulum_result.model, result.model, "encoder.")
 

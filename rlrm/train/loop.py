@@ -1,8 +1,15 @@
-"""The reward-training loop: every step takes a sub-batch from each task and sums their losses."""
+"""The reward-training loop: every step takes a sub-batch from each task and sums their losses.
+
+Named steps: :func:`_setup` (heads, splits, statistics), :func:`_epoch`, :func:`_validate`, then the best
+validation epoch's weights are kept (:func:`_fit`) and every task gets held-out metrics (:func:`_report`).
+A task with constant labels predicts its mean exactly (``label_std`` 0): it gets a head and metrics, but no
+share of the batches and no say in early stopping.
+"""
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import time
 from collections.abc import Sequence
@@ -65,6 +72,12 @@ class TrainResult:
     transitions_per_s: float = 0.0
 
 
+def split_seed(task: str, seed: int) -> int:
+    """The seed of ``task``'s train/validation split: a stable hash of its name and ``seed``, so its held-out
+    episodes do not depend on the other tasks trained beside it (Python's ``hash()`` changes per process)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{task}".encode()).digest()[:8], "little")
+
+
 @dataclass
 class _TaskData:
     name: str
@@ -106,129 +119,189 @@ def _shares(sizes: list[int], batch: int, sampling: str) -> list[int]:
     return [max(1, b) for b in base]
 
 
+@dataclass
+class _Setup:
+    """Everything an epoch needs: all tasks' data, the ones that train (non-constant labels), the optimizer."""
+
+    data: list[_TaskData]
+    trained: list[_TaskData]
+    opt: torch.optim.Optimizer | None
+    steps: int
+    gen: torch.Generator
+    val_episodes: dict[str, list[int]]
+
+
 def train_reward_model(datasets: Sequence[TransitionDataset], config: TrainConfig | None = None,
                        model: RewardModel | None = None, model_config: ModelConfig | None = None,
                        tracker: Tracker | None = None, progress: bool = True) -> TrainResult:
     """Train (or extend) a reward model on the datasets of one or more tasks.
 
     :param model: an existing model to extend: tasks it lacks get new heads; with
-        ``config.freeze_encoder`` only the new heads/stems are trained.
+        ``config.freeze_encoder`` only the new heads/stems are trained. A task it has keeps the validation
+        episodes stored with it.
     :return: a :class:`TrainResult` whose model holds the weights of the best validation epoch.
     """
     cfg = config or TrainConfig()
-    tracker = tracker or NullTracker()
+    names = [ds.task.name for ds in datasets]
     if not datasets:
         raise ConfigError("no datasets to train on")
-    names = [ds.task.name for ds in datasets]
     if len(set(names)) != len(names):
         raise ConfigError(f"two datasets for the same task: {names}; merge them or rename a task")
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
     model = model if model is not None else RewardModel(model_config)
-    new_tasks = [ds for ds in datasets if ds.task.name not in model.tasks]
-    new_groups = set()
-    for ds in new_tasks:
-        before = set(model.groups)
-        model.add_task(ds.task, ds.obs_space, ds.action_space)
-        new_groups |= set(model.groups) - before
+    start = time.perf_counter()
+    setup = _setup(model, datasets, cfg)
+    history, best_epoch, t_train = _fit(model, setup, cfg, tracker or NullTracker(), progress)
+    seen = len(history) * setup.steps * sum(d.share for d in setup.trained)
+    results = _report(model, setup, cfg, history, best_epoch)
+    return TrainResult(model, results, history, best_epoch, time.perf_counter() - start,
+                       seen / t_train if t_train > 0 else 0.0)
 
-    data: list[_TaskData] = []
-    for i, ds in enumerate(datasets):
-        train, val = ds.split_by_episode(cfg.val_frac, seed=cfg.seed + i)
-        if len(train) == 0:
-            raise ConfigError(f"task {ds.task.name!r}: no training transitions after the validation split")
-        feats = [torch.from_numpy(model.features(ds.task.name, d.obs, d.action, d.next_obs, d.terminated))
-                 for d in (train, val)]
-        data.append(_TaskData(ds.task.name, feats[0], torch.from_numpy(np.asarray(train.label)), feats[1],
-                              torch.from_numpy(np.asarray(val.label)), train, val))
+
+def _setup(model: RewardModel, datasets: Sequence[TransitionDataset], cfg: TrainConfig) -> _Setup:
+    """Add heads for new tasks, split each dataset, fit what is new (statistics, label scales), build the optimizer."""
+    stored = dict(model.meta.get("training", {}).get("validation_episodes") or {})
+    new_tasks = [ds.task.name for ds in datasets if ds.task.name not in model.tasks]
+    groups_before = set(model.groups)
+    for ds in datasets:
+        if ds.task.name in new_tasks:
+            model.add_task(ds.task, ds.obs_space, ds.action_space)
+    new_groups = set(model.groups) - groups_before
+    data = [_task_data(model, ds, cfg, stored.get(ds.task.name) if ds.task.name not in new_tasks else None)
+            for ds in datasets]
     # Statistics come from training rows only, and only for what is new: a trained group keeps its own.
     for gid in new_groups:
         x = torch.cat([d.x_train for d in data if model.tasks[d.name].group == gid]).double()
-        model.set_normalization(gid, x.mean(0).numpy(), x.std(0, unbiased=False).numpy())
+        model.set_normalization(gid, x.mean(0).numpy(), x.std(0, unbiased=False).numpy(), x.min(0).values.numpy(),
+                                x.max(0).values.numpy())
     for d in data:
-        if any(d.name == ds.task.name for ds in new_tasks):
+        if d.name in new_tasks:
             model.set_label_scale(d.name, float(d.y_train.mean()), float(d.y_train.std(unbiased=False)))
+        info = model.tasks[d.name]  # heads learn standardized labels (one fused mse per task)
+        d.z_train = (d.y_train - info.label_mean) / (info.label_std or 1.0)
+        d.z_val = (d.y_val - info.label_mean) / (info.label_std or 1.0)
+    trained = [d for d in data if model.tasks[d.name].label_std > 0]
+    opt = _optimizer(model, cfg, new_tasks, new_groups)
+    for d, s in zip(trained, _shares([len(d.y_train) for d in trained], cfg.batch_size, cfg.sampling)
+                    if trained else []):
+        d.share = s
+    steps = max(1, math.ceil(sum(len(d.y_train) for d in trained) / cfg.batch_size))
+    val_episodes = {**stored, **{d.name: np.unique(d.val.episode).tolist() for d in data}}
+    return _Setup(data, trained, opt, steps, torch.Generator().manual_seed(cfg.seed), val_episodes)
 
+
+def _task_data(model: RewardModel, ds: TransitionDataset, cfg: TrainConfig,
+               val_episodes: list[int] | None) -> _TaskData:
+    """Split ``ds`` by episode (the stored validation episodes of a task the model has, else :func:`split_seed`)
+    and compute its features."""
+    if val_episodes is not None:
+        in_val = np.isin(ds.episode, np.asarray(val_episodes, np.int64))
+        train, val = ds.subset(~in_val), ds.subset(in_val)
+    else:
+        train, val = ds.split_by_episode(cfg.val_frac, seed=split_seed(ds.task.name, cfg.seed))
+    if len(train) == 0:
+        raise ConfigError(f"task {ds.task.name!r}: no training transitions after the validation split")
+    feats = [torch.from_numpy(model.features(ds.task.name, d.obs, d.action, d.next_obs, d.terminated))
+             for d in (train, val)]
+    return _TaskData(ds.task.name, feats[0], torch.from_numpy(np.asarray(train.label)), feats[1],
+                     torch.from_numpy(np.asarray(val.label)), train, val)
+
+
+def _optimizer(model: RewardModel, cfg: TrainConfig, new_tasks: list[str],
+               new_groups: set[str]) -> torch.optim.Optimizer:
     if cfg.freeze_encoder:
         model.requires_grad_(False)
-        for ds in new_tasks:
-            model.heads[head_key(ds.task.name)].requires_grad_(True)
+        for name in new_tasks:
+            model.heads[head_key(name)].requires_grad_(True)
         for gid in new_groups:
             model.stems[gid].requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("nothing to train: the encoder is frozen and every task already has a head")
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    shares = _shares([len(d.y_train) for d in data], cfg.batch_size, cfg.sampling)
-    for d, s in zip(data, shares):
-        d.share = s
-    total = sum(shares)
-    steps = max(1, math.ceil(sum(len(d.y_train) for d in data) / cfg.batch_size))
-    # the heads learn standardized labels (one fused mse per task, no per-step rescaling); a task with constant
-    # labels (label_std 0) predicts its mean exactly, and its head learns z = 0 at scale 1 (unused, harmless)
-    scales = {d.name: model.tasks[d.name].label_std or 1.0 for d in data}
-    for d in data:
-        mean = model.tasks[d.name].label_mean
-        d.z_train = (d.y_train - mean) / scales[d.name]
-        d.z_val = (d.y_val - mean) / scales[d.name]
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
+
+def _fit(model: RewardModel, setup: _Setup, cfg: TrainConfig, tracker: Tracker,
+         progress: bool) -> tuple[list[dict[str, float]], int, float]:
+    """Epochs until ``cfg.epochs`` or early stopping; loads the best validation epoch's weights.
+
+    :return: (history, best epoch, seconds spent in training steps). No epoch runs when every task's labels
+        are constant: there is nothing to fit.
+    """
     best = (math.inf, 0, copy.deepcopy(model.state_dict()))
     history: list[dict[str, float]] = []
-    seen = 0
     t_train = 0.0
-    start = time.perf_counter()
-    bar = tqdm(range(1, cfg.epochs + 1), desc="train reward", unit="epoch", disable=not progress, leave=False)
+    epochs = range(1, cfg.epochs + 1) if setup.trained else range(0)
+    bar = tqdm(epochs, desc="train reward", unit="epoch", disable=not progress, leave=False)
     for epoch in bar:
-        model.train()
         t0 = time.perf_counter()
-        running = 0.0
-        for _ in range(steps):
-            loss = None
-            for d in data:
-                idx = _next_indices(d, d.share, gen)
-                term = F.mse_loss(model.forward_standardized(d.name, d.x_train[idx]), d.z_train[idx])
-                term = term * (d.share / total) if len(data) > 1 else term
-                loss = term if loss is None else loss + term
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            running += float(loss.detach())
+        train_loss = _epoch(model, setup)
         t_train += time.perf_counter() - t0
-        seen += steps * total
-        model.eval()
-        val = _val_losses(model, data)
-        row = {"epoch": epoch, "train/loss": running / steps, **{f"val/{k}/loss": v for k, v in val.items()}}
-        for d in data:  # R² from the same numbers: mse = loss * scale², R² = 1 - mse / var(labels)
-            var = float(d.y_val.var(unbiased=False)) if len(d.y_val) else 0.0
-            if d.name in val and var > 1e-12 and model.tasks[d.name].label_std > 0:
-                row[f"val/{d.name}/r2"] = 1.0 - val[d.name] * scales[d.name] ** 2 / var
-        val_loss = float(np.mean(list(val.values()))) if val else row["train/loss"]
-        row["val/loss"] = val_loss
+        row = {"epoch": epoch, "train/loss": train_loss, **_validate(model, setup.trained)}
+        row["val/loss"] = row.get("val/loss", train_loss)
         history.append(row)
         tracker.log(row, step=epoch)
-        bar.set_postfix(train=f"{row['train/loss']:.4f}", val=f"{val_loss:.4f}")
-        if val_loss < best[0] - 1e-7:
-            best = (val_loss, epoch, copy.deepcopy(model.state_dict()))
+        bar.set_postfix(train=f"{train_loss:.4f}", val=f"{row['val/loss']:.4f}")
+        if row["val/loss"] < best[0] - 1e-7:
+            best = (row["val/loss"], epoch, copy.deepcopy(model.state_dict()))
         elif cfg.patience and epoch - best[1] >= cfg.patience:
             break
     model.load_state_dict(best[2])
     model.eval()
     model.requires_grad_(True)
-    results = {}
-    for d in data:
-        results[d.name] = {"n_train": len(d.train), "n_val": len(d.val), **task_metrics(model, d.val)}
-        results[d.name]["train_r2"] = task_metrics(model, d.train)["r2"]
-    model.meta["training"] = {**asdict(cfg), "best_epoch": best[1], "epochs_run": len(history),
-                              "datasets": {d.name: d.train.info for d in data}}
-    model.meta["metrics"] = results
-    return TrainResult(model, results, history, best[1], time.perf_counter() - start,
-                       seen / t_train if t_train > 0 else 0.0)
+    return history, best[1], t_train
+
+
+def _epoch(model: RewardModel, setup: _Setup) -> float:
+    """One pass of ``setup.steps`` optimizer steps; each batch holds every trained task's share. Returns the mean
+    loss."""
+    model.train()
+    total = sum(d.share for d in setup.trained)
+    running = 0.0
+    for _ in range(setup.steps):
+        loss = None
+        for d in setup.trained:
+            idx = _next_indices(d, d.share, setup.gen)
+            term = F.mse_loss(model.forward_standardized(d.name, d.x_train[idx]), d.z_train[idx])
+            term = term * (d.share / total) if len(setup.trained) > 1 else term
+            loss = term if loss is None else loss + term
+        setup.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        setup.opt.step()
+        running += float(loss.detach())
+    model.eval()
+    return running / setup.steps
 
 
 @torch.no_grad()
-def _val_losses(model: RewardModel, data: list[_TaskData]) -> dict[str, float]:
-    out = {}
-    for d in data:
-        if len(d.y_val):
-            out[d.name] = float(F.mse_loss(model.forward_standardized(d.name, d.x_val), d.z_val))
-    return out
+def _validate(model: RewardModel, trained: list[_TaskData]) -> dict[str, float]:
+    """Validation loss per trained task (standardized units), R² from the same numbers, and their mean."""
+    row: dict[str, float] = {}
+    losses = []
+    for d in trained:
+        if not len(d.y_val):
+            continue
+        loss = float(F.mse_loss(model.forward_standardized(d.name, d.x_val), d.z_val))
+        row[f"val/{d.name}/loss"] = loss
+        losses.append(loss)
+        var = float(d.y_val.var(unbiased=False))
+        if var > 1e-12:  # mse = loss * label_std², R² = 1 - mse / var(labels)
+            row[f"val/{d.name}/r2"] = 1.0 - loss * model.tasks[d.name].label_std ** 2 / var
+    if losses:
+        row["val/loss"] = float(np.mean(losses))
+    return row
+
+
+def _report(model: RewardModel, setup: _Setup, cfg: TrainConfig, history: list[dict[str, float]],
+            best_epoch: int) -> dict[str, dict[str, Any]]:
+    """Held-out metrics of every task (constant ones too), recorded in the model's metadata with the config."""
+    results = {}
+    for d in setup.data:
+        results[d.name] = {"n_train": len(d.train), "n_val": len(d.val), **task_metrics(model, d.val)}
+        results[d.name]["train_r2"] = task_metrics(model, d.train)["r2"]
+    model.meta["training"] = {**asdict(cfg), "best_epoch": best_epoch, "epochs_run": len(history),
+                              "datasets": {d.name: d.train.info for d in setup.data},
+                              "constant_labels": [d.name for d in setup.data if not d.share],
+                              "validation_episodes": setup.val_episodes}
+    model.meta["metrics"] = results
+    return results
