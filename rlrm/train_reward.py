@@ -3,25 +3,35 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from rlrm import cli
+from rlrm.errors import ConfigError
 from rlrm.model.features import INPUTS
 from rlrm.model.network import ModelConfig
-from rlrm.train.job import train_job
+from rlrm.train.checks import DataWarning
+from rlrm.train.job import metrics_path, train_job
 from rlrm.train.loop import SAMPLING, TrainConfig, TrainResult
 
-FLAGS = {"out": "--out", "tasks": "--tasks", "init": "--init", "data": "--data"}
+PROG = "python -m rlrm.train_reward"
+FLAGS = {"out": "--out", "tasks": "--tasks", "init": "--init", "data": "--data", "model_config": "--encoder"}
+#: the architecture flags, with their defaults for a new model (None in the parser: so --init can tell they were set)
+ARCHITECTURE = {"encoder": [64, 64], "activation": "relu", "layer_norm": False, "inputs": ",".join(INPUTS)}
 METRIC_COLUMNS = ["task", "n_train", "n_val", "mse", "r2", "spearman", "ranking_acc"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rlrm.train_reward", description=__doc__)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("--data", nargs="+", required=True, help="dataset folders (or folders of datasets)")
     p.add_argument("--tasks", nargs="+", default=[], help="train only these tasks (default: all found)")
     p.add_argument("--out", type=Path, default=Path("models/reward_model.safetensors"))
-    p.add_argument("--init", type=Path, default=None, help="extend this model (adds heads for new tasks)")
+    p.add_argument("--init", type=Path, default=None, help="extend this model (adds heads for new tasks; it keeps its "
+                   "architecture, so --encoder/--activation/--layer-norm/--inputs cannot be set with it)")
     p.add_argument("--freeze-encoder", action="store_true", help="train only new heads (few-shot)")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=256)
@@ -31,10 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (0: off)")
     p.add_argument("--sampling", choices=SAMPLING, default="balanced")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--encoder", type=cli.csv_ints, default=[64, 64], help="encoder widths (default 64,64)")
-    p.add_argument("--activation", default="relu")
-    p.add_argument("--layer-norm", action="store_true")
-    p.add_argument("--inputs", default="obs,action,next_obs", help=f"subset of {','.join(INPUTS)}")
+    p.add_argument("--encoder", type=cli.csv_ints, default=None, help="encoder widths (default 64,64)")
+    p.add_argument("--activation", default=None, help="default relu")
+    p.add_argument("--layer-norm", action="store_true", default=None)
+    p.add_argument("--inputs", default=None, help=f"subset of {','.join(INPUTS)} (default: all)")
     cli.add_wandb_args(p)
     p.add_argument("--no-progress", action="store_true")
     cli.add_common_args(p)
@@ -45,19 +55,51 @@ def main(args: argparse.Namespace) -> int:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                       val_frac=args.val_frac, seed=args.seed, sampling=args.sampling, patience=args.patience,
                       freeze_encoder=args.freeze_encoder)
-    model_cfg = ModelConfig(encoder=args.encoder, activation=args.activation, layer_norm=args.layer_norm,
-                            inputs=[s.strip() for s in args.inputs.split(",") if s.strip()])
-    result = train_job(args.data, args.out, cfg, model_cfg, tasks=args.tasks, init=args.init,
-                       wandb=cli.wandb_options(args), progress=not args.no_progress)
+    with show_data_warnings(PROG):
+        result = train_job(args.data, args.out, cfg, model_config(args), tasks=args.tasks, init=args.init,
+                           wandb=cli.wandb_options(args), progress=not args.no_progress)
     print_metrics(args.out, result)
     return 0
+
+
+def model_config(args: argparse.Namespace) -> ModelConfig | None:
+    """The architecture the flags ask for; None with ``--init`` (the model keeps its own), where setting one is an
+    error rather than silently ignored."""
+    given = [f"--{k.replace('_', '-')}" for k in ARCHITECTURE if getattr(args, k) is not None]
+    if args.init is not None:
+        if given:
+            raise ConfigError(f"--init {args.init}: the model keeps its own architecture; {', '.join(given)} cannot "
+                              "be set with it")
+        return None
+    values = {k: default if getattr(args, k) is None else getattr(args, k) for k, default in ARCHITECTURE.items()}
+    inputs = [s.strip() for s in values.pop("inputs").split(",") if s.strip()]
+    return ModelConfig(**values, inputs=inputs)
+
+
+@contextmanager
+def show_data_warnings(prog: str) -> Iterator[None]:
+    """Show each :class:`DataWarning` raised inside the block as one stderr line, ``<prog>: warning: ...``, every
+    time (other warnings as Python shows them)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", DataWarning)
+        default = warnings.showwarning
+
+        def show(message: Any, category: type[Warning], *rest: Any, **kwargs: Any) -> None:
+            if issubclass(category, DataWarning):
+                print(f"{prog}: warning: {message}", file=sys.stderr, flush=True)
+            else:
+                default(message, category, *rest, **kwargs)
+
+        warnings.showwarning = show
+        yield
 
 
 def print_metrics(out: Path, result: TrainResult) -> None:
     """The held-out metrics table of a trained model."""
     rows = [{"task": t, **m} for t, m in result.metrics.items()]
-    cli.print_table(f"Reward model {out} (held-out episodes; best epoch {result.best_epoch}/{len(result.history)})",
-                    rows, METRIC_COLUMNS, caption="r2/spearman '-': the labels are constant there (mse tells the fit)")
+    cli.print_table(f"Reward model {out} (held-out episodes; best epoch {result.best_epoch}/{len(result.history)}; "
+                    f"metrics in {metrics_path(out)})", rows, METRIC_COLUMNS,
+                    caption="r2/spearman '-': the labels are constant there (mse tells the fit)")
 
 
 def entry(argv: Sequence[str] | None = None) -> int:

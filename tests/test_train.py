@@ -194,7 +194,7 @@ def data_dir(cartpole_ds: TransitionDataset, pendulum_ds: TransitionDataset, tmp
 def test_job_writes_model_and_metrics_json(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "models" / "rm.safetensors"
     result = train_job([data_dir], out, TrainConfig(epochs=2, patience=0), SMALL, progress=False)
-    report = json.loads((out.parent / "metrics.json").read_text())
+    report = json.loads((out.parent / "rm.metrics.json").read_text())
     assert report["model"] == str(out)
     assert report["epochs_run"] == 2 and 1 <= report["best_epoch"] <= 2
     assert set(report["tasks"]) == {"CartPole-v1", "Pendulum-v1"}
@@ -205,7 +205,7 @@ def test_job_writes_model_and_metrics_json(data_dir: Path, tmp_path: Path) -> No
     assert list(loaded.tasks) == ["CartPole-v1", "Pendulum-v1"]
     assert loaded.meta["training"]["epochs"] == 2
     assert rm.read_description(out)["rlrm_version"]
-    assert sorted(p.name for p in out.parent.iterdir()) == ["metrics.json", "rm.safetensors"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["rm.metrics.json", "rm.safetensors"]
 
 
 def test_job_trains_only_the_named_tasks(data_dir: Path, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ allocates anything; writing is atomic."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -124,7 +125,7 @@ def _check_sizes(path: Path, desc: dict[str, Any]) -> None:
         if value > MAX_WIDTH:
             raise ModelFileError(f"{path}: field {name!r} asks for a width of {value:,}; at most {MAX_WIDTH:,}")
     params = sum(d * widths[0] + widths[0] for d in dims.values()) if widths else 0
-    params += sum(a * b + b for a, b in zip(widths, widths[1:])) + len(tasks) * (widths[-1] + 1 if widths else 0)
+    params += sum(a * b + b for a, b in itertools.pairwise(widths)) + len(tasks) * (widths[-1] + 1 if widths else 0)
     if params > MAX_PARAMETERS:
         raise ModelFileError(f"{path}: the description asks for {params:,} parameters; at most {MAX_PARAMETERS:,}")
 

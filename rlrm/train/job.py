@@ -1,9 +1,12 @@
-"""A whole reward-training job: load datasets, train, save the model and its metrics file, log to W&B.
-Returns what it did; the CLI prints it."""
+"""A whole reward-training job: load and check datasets, train, save the model and its metrics file, log to W&B.
+Returns what it did; the CLI prints it (and shows :class:`~rlrm.train.checks.DataWarning` lines)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -14,53 +17,112 @@ from rlrm import model as rm
 from rlrm.data.dataset import TransitionDataset, find_datasets
 from rlrm.errors import ConfigError
 from rlrm.model.network import ModelConfig
-from rlrm.tracking import WandbOptions, init_wandb
+from rlrm.tracking import Tracker, WandbOptions, init_wandb
+from rlrm.train.checks import DataWarning, check_env_spaces, data_warnings
 from rlrm.train.loop import TrainConfig, TrainResult, train_reward_model
 
 
 def load_datasets(paths: Sequence[str | os.PathLike], tasks: Sequence[str] = ()) -> list[TransitionDataset]:
     """Load every dataset under ``paths``, keeping only ``tasks`` if given."""
-    dirs = find_datasets(paths)
-    datasets = [TransitionDataset.load(d) for d in dirs]
+    return [ds for _, ds in _load(paths, tasks)]
+
+
+def _load(paths: Sequence[str | os.PathLike], tasks: Sequence[str]) -> list[tuple[Path, TransitionDataset]]:
+    found = [(Path(d), TransitionDataset.load(d)) for d in find_datasets(paths)]
     if tasks:
-        have = {ds.task.name for ds in datasets}
+        have = {ds.task.name for _, ds in found}
         missing = [t for t in tasks if t not in have]
         if missing:
             raise ConfigError(f"tasks {missing}: no dataset for these under {list(map(str, paths))}; "
                               f"found {sorted(have)}")
-        datasets = [ds for ds in datasets if ds.task.name in tasks]
-    return datasets
+        found = [(d, ds) for d, ds in found if ds.task.name in tasks]
+    return found
+
+
+def metrics_path(out: str | os.PathLike) -> Path:
+    """Where :func:`train_job` writes the metrics of model file ``out``: ``<model stem>.metrics.json`` beside it, so
+    two models trained into one folder keep one file each."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.metrics.json")
+
+
+def check_writable(out: str | os.PathLike) -> None:
+    """Raise :class:`ConfigError` naming ``out`` if the model and its metrics file cannot be written there: its
+    folder (or the nearest existing folder above it) must take a new file. Creates nothing."""
+    out = Path(out)
+    for path in (out, metrics_path(out)):
+        if path.is_dir():
+            raise ConfigError(f"out {out}: {path} is a directory; expected a model file path such as "
+                              f"{out / 'reward_model.safetensors'}")
+    folder = out.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"out {out}: {folder} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".rlrm-write-check-")
+    except OSError as err:
+        raise ConfigError(f"out {out}: cannot write into {folder}: {err.strerror or err}") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def train_job(data: Sequence[str | os.PathLike], out: str | os.PathLike, config: TrainConfig,
               model_config: ModelConfig | None = None, *, tasks: Sequence[str] = (),
               init: str | os.PathLike | None = None, wandb: WandbOptions | None = None,
               progress: bool = True) -> TrainResult:
-    """Train on the datasets under ``data`` and write ``out`` plus ``metrics.json`` beside it.
+    """Train on the datasets under ``data`` and write ``out`` plus ``<stem>.metrics.json`` beside it.
 
-    :param init: an existing model file to extend (new heads; see ``config.freeze_encoder``).
+    Before any long step: ``out`` must be writable, ``init`` loadable, every dataset's spaces those of its task's
+    env. Likely problems with the data are issued as :class:`DataWarning` (see :func:`data_warnings`).
+
+    :param model_config: the architecture of a new model (default :class:`ModelConfig`); not with ``init``.
+    :param init: an existing model file to extend (new heads; see ``config.freeze_encoder``); it keeps its
+        architecture.
     """
     out = Path(out)
-    if out.is_dir():
-        raise ConfigError(f"out {out}: is a directory; expected a model file path such as "
-                          f"{out / 'reward_model.safetensors'}")
-    datasets = load_datasets(data, tasks)
+    check_writable(out)
+    if init is not None and model_config is not None:
+        raise ConfigError(f"model_config: a model extended from init ({init}) keeps its own architecture; "
+                          "give one or the other")
     base = rm.load(init) if init else None
+    found = _load(data, tasks)
+    datasets = [ds for _, ds in found]
+    check_env_spaces(datasets, [d for d, _ in found])
+    architecture = base.config if base is not None else (model_config or ModelConfig())
     tracker = init_wandb(wandb, job_type="train_reward", directory=out.parent,
-                         config={"train": asdict(config), "model": asdict(model_config or ModelConfig()),
+                         config={"train": asdict(config), "model": asdict(architecture), "init": str(init or ""),
                                  "data": [str(p) for p in data], "tasks": [ds.task.name for ds in datasets]})
     try:
-        result = train_reward_model(datasets, config, model=base, model_config=model_config, tracker=tracker,
+        for line in data_warnings(datasets):
+            warnings.warn(line, DataWarning, stacklevel=2)
+        result = train_reward_model(datasets, config, model=base, model_config=architecture, tracker=tracker,
                                     progress=progress)
-        rm.save(result.model, out)
-        rows = [{"task": t, **m} for t, m in result.metrics.items()]
-        report: dict[str, Any] = {"model": str(out), "best_epoch": result.best_epoch,
-                                  "epochs_run": len(result.history), "seconds": round(result.seconds, 2),
-                                  "transitions_per_s": round(result.transitions_per_s), "tasks": result.metrics}
-        atomic.write_json(out.parent / "metrics.json", report)
-        tracker.summary({f"{t}/{k}": v for t, m in result.metrics.items() for k, v in m.items()})
-        tracker.table("metrics", rows)
-        tracker.artifact(out, name=f"reward-model-{out.stem}", type="reward_model")
+        _write(out, result)
+        _log(tracker, out, result)
     finally:
         tracker.finish()
     return result
+
+
+def _write(out: Path, result: TrainResult) -> None:
+    """The model file and its metrics file, both or neither (a failure names ``out`` and the cause)."""
+    report: dict[str, Any] = {"model": str(out), "best_epoch": result.best_epoch,
+                              "epochs_run": len(result.history), "seconds": round(result.seconds, 2),
+                              "transitions_per_s": round(result.transitions_per_s), "tasks": result.metrics}
+    try:
+        rm.save(result.model, out)
+        try:
+            atomic.write_json(metrics_path(out), report)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                out.unlink()
+            raise
+    except OSError as err:
+        raise ConfigError(f"out {out}: cannot write the model: {err.strerror or err}") from None
+
+
+def _log(tracker: Tracker, out: Path, result: TrainResult) -> None:
+    tracker.summary({f"{t}/{k}": v for t, m in result.metrics.items() for k, v in m.items()})
+    tracker.table("metrics", [{"task": t, **m} for t, m in result.metrics.items()])
+    tracker.artifact(out, name=f"reward-model-{out.stem}", type="reward_model")
