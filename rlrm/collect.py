@@ -6,14 +6,13 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from gymnasium import spaces
-
 from rlrm import cli
 from rlrm.atomic import slug
 from rlrm.data.rollout import collect, summary_row
 from rlrm.errors import ConfigError
+from rlrm.rl.files import UntrustedAgentFile
 from rlrm.rl.saved import agent_policy
-from rlrm.tasks import Task, load_catalog
+from rlrm.tasks import allow_env_modules, env_module_of, load_catalog
 
 FLAGS = {"policy": "--policy", "steps": "--steps", "out": "--out"}
 
@@ -30,11 +29,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("data"), help="output folder; one dataset per task inside")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--env-module", action="append", default=[], metavar="MODULE",
+                   help="import MODULE for module:EnvId env ids (repeatable; a module named only in a file is never "
+                        "imported)")
+    p.add_argument("--trust-agent-file", action="store_true",
+                   help="unpickle a --policy agent file as SB3 does: runs any code it holds; only for files you trust")
     cli.add_common_args(p)
     return p
 
 
 def main(args: argparse.Namespace) -> int:
+    allow_env_modules([*args.env_module, *filter(None, map(env_module_of, args.task))])
     catalog = load_catalog(args.tasks_file)
     tasks = catalog.resolve(args.task, args.suite)
     if not tasks:
@@ -42,7 +47,11 @@ def main(args: argparse.Namespace) -> int:
     rows = []
     for i, task in enumerate(tasks):
         seed = args.seed + 1000 * i
-        policy = None if args.policy == "random" else agent_policy(args.policy, _action_space(task), args.n_envs, seed)
+        try:
+            policy = None if args.policy == "random" else agent_policy(args.policy, task, args.n_envs, seed,
+                                                                       trust_agent_file=args.trust_agent_file)
+        except UntrustedAgentFile as err:
+            raise ConfigError(err.message("--trust-agent-file")) from None
         ds = collect(task, args.steps, policy, n_envs=args.n_envs, seed=seed, labeler=args.labeler,
                      progress=not args.no_progress, policy_name=args.policy)
         path = ds.save(args.out / slug(task.name))
@@ -50,12 +59,6 @@ def main(args: argparse.Namespace) -> int:
     cli.print_table(f"Collected transitions ({args.policy} policy)", rows,
                 ["task", "transitions", "episodes", "label_source", "label_mean", "label_std", "path"])
     return 0
-
-
-def _action_space(task: Task) -> spaces.Space:
-    env = task.make_env()
-    env.close()
-    return env.action_space
 
 
 def entry(argv: Sequence[str] | None = None) -> int:

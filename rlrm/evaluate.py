@@ -3,6 +3,9 @@
 For an agent inside an rlrm run folder (its final ``agent.zip`` or a checkpoint's) the run's own settings are
 used: task, normalization statistics, reward shaping, evaluation seed and episode count, so the numbers equal
 the run's ``result.json`` for the same agent.
+
+The agent file is loaded without unpickling anything from it (unpickling runs any code a file holds); an SB3
+file whose pickled settings rlrm cannot rebuild loads only with --trust-agent-file.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from rlrm import cli
 from rlrm import model as rm
 from rlrm.errors import ConfigError
 from rlrm.rl.evaluation import evaluate_agent
+from rlrm.rl.files import UntrustedAgentFile
 from rlrm.rl.folder import RunFolder
 from rlrm.rl.saved import load_agent_for_eval
-from rlrm.tasks import load_catalog
+from rlrm.tasks import allow_env_modules, env_module_of, load_catalog
 
 FLAGS = {"agent": "--agent", "task": "--task", "reward_model": "--reward-model", "episodes": "--episodes"}
 
@@ -32,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=None, help="default: the run's eval episodes, else 10")
     p.add_argument("--seed", type=int, default=None, help="default: the run's evaluation seed, else 12345")
     p.add_argument("--stochastic", action="store_true", help="sample actions instead of deterministic ones")
+    p.add_argument("--env-module", action="append", default=[], metavar="MODULE",
+                   help="import MODULE for module:EnvId env ids (repeatable; a module named only in a file is never "
+                        "imported)")
+    p.add_argument("--trust-agent-file", action="store_true",
+                   help="unpickle the agent file as SB3 does: runs any code it holds; only for files you trust")
     cli.add_common_args(p)
     return p
 
@@ -39,12 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     if not args.agent.exists():
         raise ConfigError(f"agent {args.agent}: file not found")
+    allow_env_modules([*args.env_module, *([m] if args.task and (m := env_module_of(args.task)) else [])])
     folder = RunFolder.of_agent(args.agent)
     task = load_catalog(args.tasks_file).task(args.task) if args.task else None
     if task is None and folder is None:
         raise ConfigError(f"agent {args.agent}: no run folder (config.json) around it; name the env with --task")
-    loaded = load_agent_for_eval(args.agent, folder, task=task, n_episodes=args.episodes, seed=args.seed,
-                                 reward_model=rm.load(args.reward_model) if args.reward_model else None)
+    try:
+        loaded = load_agent_for_eval(args.agent, folder, task=task, n_episodes=args.episodes, seed=args.seed,
+                                     reward_model=rm.load(args.reward_model) if args.reward_model else None,
+                                     trust_agent_file=args.trust_agent_file)
+    except UntrustedAgentFile as err:
+        raise ConfigError(err.message("--trust-agent-file")) from None
     res = evaluate_agent(loaded.agent, loaded.venv, loaded.episodes, deterministic=not args.stochastic).summary()
     loaded.venv.close()
     cli.print_table(f"{args.agent} on {loaded.task.name} ({res['episodes']} episodes, seed {loaded.seed})",

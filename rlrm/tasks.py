@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,15 +96,50 @@ def _route_mujoco_warnings(env_id: str) -> None:
     _MUJOCO_ROUTED = True
 
 
-def ensure_registered(env_id: str) -> None:
-    """Raise :class:`TaskError` if ``env_id`` is not a known Gymnasium id."""
+#: modules that ``module:EnvId`` ids may import: only those the user named on the command line
+_ALLOWED_ENV_MODULES: set[str] = set()
+
+
+def env_module_of(env_id: str) -> str | None:
+    """The module of a ``module:EnvId`` id (``None`` for a plain id)."""
+    module, sep, _ = env_id.partition(":")
+    return module if sep else None
+
+
+def allow_env_modules(names: Iterable[str]) -> None:
+    """Let ``module:EnvId`` ids import these modules. CLIs call it with what the user typed (``--env-module``, and
+    the module of an id typed as ``--task module:EnvId``); an id read back from a file (a run's ``config.json``, a
+    dataset or model file) never imports any other module, as importing runs the module's code.
+
+    :param names: dotted module names.
+    """
+    for name in names:
+        if not name or not all(part.isidentifier() for part in name.split(".")):
+            raise TaskError(f"env module {name!r}: expected a dotted Python module name like mypkg.envs")
+        _ALLOWED_ENV_MODULES.add(name)
+
+
+def _import_env_module(module: str, env_id: str) -> None:
+    # A module already imported runs no code when named again; any other one must be allowed explicitly.
+    if module not in sys.modules and module not in _ALLOWED_ENV_MODULES:
+        raise TaskError(f"env id {env_id!r}: rlrm imports module {module!r} only when it is named on the command "
+                        f"line; if you trust it, add --env-module {module}")
     try:
-        if ":" in env_id:
-            module, _, _ = env_id.partition(":")
-            __import__(module)
-            env_id = env_id.split(":", 1)[1]
-        gym.spec(env_id)
-    except (gym.error.Error, ImportError, ModuleNotFoundError) as err:
+        __import__(module)
+    except ImportError as err:
+        raise TaskError(f"env id {env_id!r}: cannot import module {module!r}: {err}") from None
+
+
+def ensure_registered(env_id: str) -> None:
+    """Raise :class:`TaskError` if ``env_id`` is not a known Gymnasium id (with Gymnasium's reason: unknown,
+    deprecated, which versions exist). A ``module:EnvId`` id imports its module only if it is already imported or
+    allowed by :func:`allow_env_modules`."""
+    module = env_module_of(env_id)
+    if module is not None:
+        _import_env_module(module, env_id)
+    try:
+        gym.spec(env_id.split(":", 1)[1] if module is not None else env_id)
+    except gym.error.Error as err:
         raise TaskError(f"unknown env id {env_id!r}: {str(err).splitlines()[0]}") from None
 
 
@@ -154,13 +190,19 @@ class Catalog:
             self.suites[str(name)] = [str(m) for m in members]
 
     def task(self, name: str) -> Task:
-        """Look up a task by name; a plain registered env id works as an oracle task."""
+        """Look up a task by name; a plain registered env id works as an oracle task.
+
+        An unknown name says why Gymnasium does not know it (e.g. a deprecated version and its successor)."""
         if name in self.tasks:
             return self.tasks[name]
         try:
             ensure_registered(name)
-        except TaskError:
-            raise TaskError(f"unknown task or env id {name!r}; known tasks: {', '.join(sorted(self.tasks))}") from None
+        except TaskError as err:
+            if not str(err).startswith("unknown env id"):  # a module rlrm may not import: that is the message
+                raise
+            reason = str(err).split(": ", 1)[1]
+            raise TaskError(f"unknown task or env id {name!r}: {reason} (known tasks: "
+                            f"{', '.join(sorted(self.tasks))})") from None
         return Task(name=name, env_id=name)
 
     def suite(self, name: str) -> list[Task]:

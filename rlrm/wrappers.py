@@ -16,7 +16,7 @@ from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecEnvWrapper
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecEnvWrapper, VecNormalize
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
 from rlrm import spaces as sp
@@ -82,6 +82,19 @@ def _check_spaces(fn: RewardFn, obs_space: gym.Space, action_space: gym.Space, t
     label = f"reward for task {task!r}" if task else "reward function"
     sp.check_compatible(fn.observation_space, obs_space, f"{label}: observation space")
     sp.check_compatible(fn.action_space, action_space, f"{label}: action space")
+
+
+def _check_no_normalization_below(venv: VecEnv) -> None:
+    """Refuse a VecNormalize underneath: the model would get normalized observations (not what it was trained on)
+    and ``info["true_reward"]`` a normalized reward."""
+    inner: Any = venv
+    while inner is not None:
+        if isinstance(inner, VecNormalize) and (inner.norm_obs or inner.norm_reward):
+            what = "observations" if inner.norm_obs else "rewards"
+            raise ConfigError(f"venv: VecLearnedReward over a VecNormalize that normalizes {what}: the learned "
+                              f"reward must see raw observations and the true reward; expected the order "
+                              f"env -> Monitor -> VecLearnedReward -> VecNormalize (VecNormalize outside)")
+        inner = getattr(inner, "venv", None)
 
 
 def _not_finite(values: np.ndarray, task: str | None) -> RewardError:
@@ -153,6 +166,7 @@ class VecLearnedReward(VecEnvWrapper):
 
     def __init__(self, venv: VecEnv, reward: RewardFn | RewardSource, task: str | None = None,
                  shaping: RewardShaping | None = None) -> None:
+        _check_no_normalization_below(venv)
         super().__init__(venv)
         self.reward_fn: RewardFn = as_reward_fn(reward, task)
         self.task = task

@@ -294,16 +294,19 @@ def test_detect_algo_of_a_plain_sb3_zip(algo: str, tmp_path: Path, monkeypatch: 
     monkeypatch.chdir(tmp_path)
     _save_agent(algo, "agent.zip")  # no config.json beside it: the zip alone must tell
     assert detect_algo("agent.zip") == algo
-    assert isinstance(load_agent("agent.zip"), ALGOS[algo])
+    task = CARTPOLE if algo in ("ppo", "a2c", "dqn") else PENDULUM
+    # SB3's defaults: every pickled entry is rebuilt, nothing unpickled
+    assert isinstance(load_agent("agent.zip", env=DummyVecEnv([task.make_env])), ALGOS[algo])
 
 
 def test_detect_algo_prefers_the_run_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     Path("run").mkdir()
     _save_agent("ppo", "run/agent.zip")
-    Path("run/config.json").write_text(json.dumps({"agent": {"algo": "ppo"}}))
+    spec = AgentSpec("ppo", 1000, kwargs={"n_steps": 16, "batch_size": 16})
+    Path("run/config.json").write_text(json.dumps({"agent": spec.to_dict()}))
     assert detect_algo("run/agent.zip") == "ppo"
-    assert isinstance(load_agent("run/agent.zip"), PPO)
+    assert isinstance(load_agent("run/agent.zip", env=DummyVecEnv([CARTPOLE.make_env])), PPO)
 
 
 def test_load_agent_checks_the_env_and_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -315,6 +318,8 @@ def test_load_agent_checks_the_env_and_the_file(tmp_path: Path, monkeypatch: pyt
         load_agent("ppo_agent.zip", env=DummyVecEnv([PENDULUM.make_env]), algo="ppo")
     with pytest.raises(ConfigError, match="not found"):
         load_agent("nope.zip")
+    with pytest.raises(ConfigError, match="needs its env"):
+        load_agent("ppo_agent.zip", algo="ppo")
     Path("junk.zip").write_bytes(b"not a zip")
     with pytest.raises(ConfigError, match=r"junk\.zip"):
         detect_algo("junk.zip")

@@ -40,9 +40,10 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _expected(agent_path: Path, model_path: Path | None, episodes: int, seed: int = 12345) -> dict:
     """What the CLI should report: the deterministic evaluation it runs, done here by the library."""
-    agent = load_agent(agent_path, algo="ppo")
     learned = rm.load(model_path).reward_fn("CartPole-v1") if model_path else None
     venv = make_vec_env(CARTPOLE, min(episodes, 5), seed, learned, None, training=False)
+    agent = load_agent(agent_path, algo="ppo", env=venv, for_training=False)
+    venv.seed(seed)
     try:
         return evaluate_agent(agent, venv, episodes).summary()
     finally:

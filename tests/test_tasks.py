@@ -6,8 +6,17 @@ from pathlib import Path
 
 import pytest
 
+from rlrm import tasks
 from rlrm.errors import TaskError
-from rlrm.tasks import Catalog, Task, ensure_registered, load_catalog
+from rlrm.tasks import Catalog, Task, allow_env_modules, ensure_registered, env_module_of, load_catalog
+
+
+@pytest.fixture
+def allowed_modules(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """A fresh allow-list of env modules for one test (the module-level one is process-wide)."""
+    fresh: set[str] = set()
+    monkeypatch.setattr(tasks, "_ALLOWED_ENV_MODULES", fresh)
+    return fresh
 
 
 def _write(path: Path, text: str) -> Path:
@@ -52,12 +61,30 @@ def test_unknown_task_error_lists_known_tasks(catalog: Catalog) -> None:
         catalog.task("NoSuchEnv-v0")
 
 
-@pytest.mark.parametrize("env_id", ["NoSuchEnv-v0", "no_such_module_xyz:Foo-v0", "gymnasium:NoSuchEnv-v0"])
+@pytest.mark.parametrize("env_id", ["NoSuchEnv-v0", "gymnasium:NoSuchEnv-v0"])
 def test_unknown_env_id_is_a_task_error(env_id: str) -> None:
     with pytest.raises(TaskError, match="unknown env id"):
         ensure_registered(env_id)
     with pytest.raises(TaskError):
         Task("custom", env_id).make_env()
+
+
+def test_an_allowed_module_that_cannot_be_imported_is_a_task_error(allowed_modules: set[str]) -> None:
+    allow_env_modules(["no_such_module_xyz"])
+    with pytest.raises(TaskError, match="cannot import module 'no_such_module_xyz'"):
+        ensure_registered("no_such_module_xyz:Foo-v0")
+
+
+@pytest.mark.parametrize("name, says", [
+    ("Taxi-v3", r"deprecated\. Please use `Taxi-v4`"),  # Gymnasium 1.x: Taxi-v3 was replaced by v4
+    ("CartPolee-v1", r"Did you mean: `CartPole`\?"),
+    ("Taxi-v9", r"provides versioned environments: \[ `v4` \]"),
+])
+def test_unknown_task_passes_gymnasium_s_reason_on(catalog: Catalog, name: str, says: str) -> None:
+    # defect 12: "unknown task or env id" alone hid why (deprecated, misspelt, no such version)
+    with pytest.raises(TaskError, match=says) as err:
+        catalog.task(name)
+    assert str(err.value).startswith(f"unknown task or env id {name!r}: ") and "known tasks: " in str(err.value)
 
 
 def test_plain_registered_env_id_works_as_an_oracle_task(catalog: Catalog) -> None:
@@ -67,8 +94,36 @@ def test_plain_registered_env_id_works_as_an_oracle_task(catalog: Catalog) -> No
     assert [t.name for t in catalog.resolve(["FrozenLake-v1"], ["classic"])][-1] == "FrozenLake-v1"
 
 
-def test_module_prefixed_env_id_is_imported_first() -> None:
+def test_module_prefixed_env_id_is_imported_first(allowed_modules: set[str]) -> None:
+    allow_env_modules(["gymnasium.envs.classic_control"])
     ensure_registered("gymnasium.envs.classic_control:CartPole-v1")
+    assert env_module_of("gymnasium.envs.classic_control:CartPole-v1") == "gymnasium.envs.classic_control"
+    assert env_module_of("CartPole-v1") is None
+
+
+def test_a_module_is_imported_only_when_allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                allowed_modules: set[str]) -> None:
+    # security: an id read back from a file (a run's config.json) must not import a module of the working folder
+    marker = tmp_path / "imported.txt"
+    (tmp_path / "pwnmod_tasks.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(TaskError, match=r"module 'pwnmod_tasks' .*--env-module pwnmod_tasks"):
+        ensure_registered("pwnmod_tasks:CartPole-v1")
+    with pytest.raises(TaskError, match="--env-module pwnmod_tasks"):
+        Task("t", "pwnmod_tasks:CartPole-v1").make_env()
+    with pytest.raises(TaskError, match="--env-module pwnmod_tasks"):  # not hidden behind "unknown task"
+        load_catalog().task("pwnmod_tasks:CartPole-v1")
+    assert not marker.exists()
+    allow_env_modules(["pwnmod_tasks"])
+    ensure_registered("pwnmod_tasks:CartPole-v1")
+    assert marker.read_text() == "ran"
+
+
+@pytest.mark.parametrize("name", ["", "../evil", "a b", "mod:Env"])
+def test_allowed_module_names_are_module_names(name: str, allowed_modules: set[str]) -> None:
+    with pytest.raises(TaskError, match="expected a dotted Python module name"):
+        allow_env_modules([name])
 
 
 def test_resolve_keeps_order_without_duplicates(catalog: Catalog) -> None:
