@@ -4,11 +4,12 @@ digests and file-safe names. The one place rlrm writes files from."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file in the same directory + ``os.replace``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _new_file(path.parent, f".{path.name}.", ".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -37,9 +38,8 @@ def temp_path(path: str | os.PathLike) -> Iterator[Path]:
     ``np.savez``); it replaces ``path`` only if the block finishes, and is removed if it fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    fd, tmp = _new_file(path.parent, f".{path.stem}.", f".tmp{path.suffix}")
     os.close(fd)
-    tmp = Path(tmp_name)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -47,6 +47,32 @@ def temp_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _new_file(parent: Path, prefix: str, suffix: str) -> tuple[int, Path]:
+    """Create a new, uniquely named file like ``tempfile.mkstemp`` but with mode 0666 minus the umask.
+
+    ``mkstemp`` makes 0600 files, which the rename would hand on to the final output.
+    """
+    for _ in range(100):
+        tmp = parent / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary file name", str(parent / f"{prefix}*{suffix}"))
+
+
+def _new_dir(parent: Path, prefix: str, suffix: str) -> Path:
+    """Create a new, uniquely named folder like ``tempfile.mkdtemp`` but with mode 0777 minus the umask."""
+    for _ in range(100):
+        tmp = parent / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            tmp.mkdir(0o777)
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary folder name", str(parent / f"{prefix}*{suffix}"))
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -93,22 +119,37 @@ def _json_default(obj: Any) -> Any:
 
 @contextlib.contextmanager
 def directory(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``path`` only if the block finishes without error."""
+    """Yield a temporary directory that replaces ``path`` only if the block finishes without error.
+
+    Only a directory is ever replaced: a file at ``path`` is an error (raised before the block runs), and
+    with ``overwrite=False`` so is an existing directory.
+    """
     path = Path(path)
+    _check_replaceable(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = _new_dir(path.parent, f".{path.name}.", ".tmp")
     try:
         yield tmp
+        _check_replaceable(path, overwrite)  # again: something may have appeared while the block ran
         if path.exists():
-            if not overwrite:
-                raise FileExistsError(f"{path} already exists")
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            old = path.with_name(f".{path.name}.{secrets.token_hex(4)}.old")  # unique: never clobbers another
             os.replace(path, old)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)  # put the previous directory back
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _check_replaceable(path: Path, overwrite: bool) -> None:
+    if path.is_symlink() or path.exists():
+        if not path.is_dir():
+            raise FileExistsError(errno.EEXIST, "exists and is not a directory", str(path))
+        if not overwrite:
+            raise FileExistsError(errno.EEXIST, "already exists", str(path))

@@ -13,8 +13,9 @@ from gymnasium import spaces
 
 from rlrm import atomic
 from rlrm import spaces as sp
-from rlrm.data.collect import collect
+from rlrm.data import dataset
 from rlrm.data.dataset import FORMAT_VERSION, MANIFEST, TransitionDataset, find_datasets
+from rlrm.data.rollout import collect
 from rlrm.errors import ConfigError, DatasetError, RlrmError
 from rlrm.tasks import Task
 
@@ -192,7 +193,7 @@ def test_failing_save_leaves_no_target_dir(cartpole_ds: TransitionDataset, tmp_p
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(atomic, "write_json", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(DatasetError, match=r"/ds: cannot write the dataset: No space left on device"):
         cartpole_ds.save(tmp_path / "ds")
     assert list(tmp_path.iterdir()) == []
 
@@ -202,15 +203,15 @@ def test_failing_save_keeps_the_previous_dataset(cartpole_ds: TransitionDataset,
     pendulum_ds.save(tmp_path / "ds")
     calls = []
 
-    def broken_save(file: Any, arr: Any, allow_pickle: bool = False) -> None:
+    def broken_save(file: Any, arr: Any) -> None:
         calls.append(file)
         if len(calls) == 3:
             raise OSError(28, "No space left on device")
         with open(file, "wb") as f:
-            np.lib.format.write_array(f, np.asarray(arr), allow_pickle=allow_pickle)
+            np.lib.format.write_array(f, np.asarray(arr), allow_pickle=False)
 
-    monkeypatch.setattr(np, "save", broken_save)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(dataset, "_save_npy", broken_save)
+    with pytest.raises(DatasetError, match="No space left on device"):
         cartpole_ds.save(tmp_path / "ds")
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]

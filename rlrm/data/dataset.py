@@ -7,7 +7,8 @@ On disk a dataset is a directory::
     action.npy  next_obs.npy  terminated.npy  truncated.npy  label.npy  env_reward.npy
     episode.npy (int64)  step.npy (int32)
 
-Rows are sorted by (episode, step). Arrays are plain ``.npy`` read with ``allow_pickle=False``.
+Rows are sorted by (episode, step). Arrays are plain ``.npy`` read with ``allow_pickle=False``. Labels are
+finite numbers, and so are the observations and actions of Box spaces.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from gymnasium import spaces
 import rlrm
 from rlrm import atomic
 from rlrm import spaces as sp
-from rlrm.errors import DatasetError, SpaceError
+from rlrm.errors import DatasetError, RlrmError, SpaceError
 from rlrm.tasks import Task
 
 FORMAT = "rlrm.transitions"
@@ -81,9 +82,9 @@ class TransitionDataset:
         """Build, sort by (episode, step) and validate a dataset from arrays."""
         n = len(np.asarray(terminated))
         env_reward = np.zeros(n, np.float32) if env_reward is None else np.asarray(env_reward, np.float32)
-        label = env_reward.copy() if label is None else np.asarray(label, np.float32)
+        label = env_reward.reshape(-1).copy() if label is None else check_labels(label, n, "<memory>: field 'label'")
         ds = cls(task, obs_space, action_space, obs, action, next_obs, np.asarray(terminated, bool),
-                 np.asarray(truncated, bool), label.reshape(-1), env_reward.reshape(-1),
+                 np.asarray(truncated, bool), label, env_reward.reshape(-1),
                  np.asarray(episode, np.int64), np.asarray(step, np.int32), label_source, dict(info or {}))
         order = np.lexsort((ds.step, ds.episode))
         if not np.all(order[1:] >= order[:-1]):
@@ -98,15 +99,9 @@ class TransitionDataset:
                        truncated=self.truncated[index], label=self.label[index], env_reward=self.env_reward[index],
                        episode=self.episode[index], step=self.step[index])
 
-    def with_labels(self, label: np.ndarray, source: str) -> TransitionDataset:
-        """A copy with new labels (checked: shape ``(n,)``, finite)."""
-        label = np.asarray(label, dtype=np.float32).reshape(-1) if np.ndim(label) else np.asarray(label)
-        if label.shape != (len(self),):
-            raise DatasetError(f"labels from {source}: expected shape ({len(self)},), got {label.shape}")
-        bad = ~np.isfinite(label)
-        if bad.any():
-            raise DatasetError(f"labels from {source}: {int(bad.sum())} non-finite value(s), first at row "
-                               f"{int(np.argmax(bad))} (episode {self.episode[np.argmax(bad)]})")
+    def with_labels(self, label: Any, source: str) -> TransitionDataset:
+        """A copy with new labels, checked by :func:`check_labels` (numbers, shape ``(n,)``, finite)."""
+        label = check_labels(label, len(self), f"labels from {source}", self.episode, self.step)
         return replace(self, label=label, label_source=source)
 
     def split_by_episode(self, val_frac: float, seed: int = 0) -> tuple[TransitionDataset, TransitionDataset]:
@@ -135,7 +130,8 @@ class TransitionDataset:
 
     # ------------------------------------------------------------------ validation
     def validate(self, where: str) -> None:
-        """Check shapes against the spaces, finite labels, consistent episode ids; raise :class:`DatasetError`."""
+        """Check shapes against the spaces, finite labels and Box values, consistent episode ids; raise
+        :class:`DatasetError`."""
         n = len(self.label)
         for name, value in (("terminated", self.terminated), ("truncated", self.truncated),
                             ("env_reward", self.env_reward), ("episode", self.episode), ("step", self.step)):
@@ -149,11 +145,14 @@ class TransitionDataset:
                 raise DatasetError(f"{where}: field {prefix!r} does not have the structure of {space}") from None
             for leaf, leaf_space in sp.leaves(space, prefix):
                 _check_leaf(where, leaf, arrays[leaf], leaf_space, n)
-        bad = ~np.isfinite(self.label)
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise DatasetError(f"{where}: field 'label': {int(bad.sum())} non-finite value(s) (NaN/inf), first at row "
-                               f"{i} (episode {self.episode[i]}, step {self.step[i]}); labels must be finite")
+                # NaN/inf in a Box input would become NaN normalization statistics, and so a NaN model
+                if isinstance(leaf_space, spaces.Box) and arrays[leaf].dtype.kind == "f":
+                    count, i = _non_finite_rows(arrays[leaf])
+                    if count:
+                        raise DatasetError(f"{where}: field {leaf!r}: {count} row(s) with non-finite values (NaN/inf), "
+                                           f"first at row {i} (episode {self.episode[i]}, step {self.step[i]}); "
+                                           f"values of a Box space must be finite")
+        check_labels(self.label, n, f"{where}: field 'label'", self.episode, self.step)
         if n > 1:
             same = self.episode[1:] == self.episode[:-1]
             if np.any(self.episode[1:] < self.episode[:-1]) or np.any(same & (self.step[1:] != self.step[:-1] + 1)):
@@ -166,8 +165,24 @@ class TransitionDataset:
 
     # ------------------------------------------------------------------ disk format
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the dataset directory atomically (a temp directory renamed into place)."""
+        """Write the dataset directory atomically (a temp directory renamed into place).
+
+        ``path`` may be free, an empty folder or an rlrm dataset (replaced); anything else is refused
+        (:func:`check_target`). A failed write raises :class:`DatasetError` naming the cause, leaves no temporary
+        folder and keeps what was at ``path``.
+        """
         path = Path(path)
+        check_target(path)
+        try:
+            return self._save(path)
+        except OSError as err:
+            # the temporary folder is gone by now: name the file only if it is not one of ours
+            own = f"{os.sep}.{path.name}." in f"{os.sep}{err.filename}"
+            where = f" ({err.filename})" if err.filename and not own else ""
+            raise DatasetError(f"{path}: cannot write the dataset: {err.strerror or err}{where}; nothing was written "
+                               "and what was there is unchanged") from None
+
+    def _save(self, path: Path) -> Path:
         fields: dict[str, Any] = {}
         with atomic.directory(path) as tmp:
             arrays: dict[str, np.ndarray] = {}
@@ -178,7 +193,7 @@ class TransitionDataset:
                 arrays[name] = np.asarray(getattr(self, name), dtype=dtype)
             for name, arr in arrays.items():
                 arr = np.ascontiguousarray(arr)
-                np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
+                _save_npy(tmp / f"{name}.npy", arr)
                 fields[name] = {"file": f"{name}.npy", "dtype": str(arr.dtype), "shape": list(arr.shape)}
             manifest = {
                 "format": FORMAT, "format_version": FORMAT_VERSION, "rlrm_version": rlrm.__version__,
@@ -236,6 +251,76 @@ class TransitionDataset:
                  dict(manifest.get("info") or {}))
         ds.validate(where)
         return ds
+
+
+def check_labels(label: Any, n: int, what: str, episode: np.ndarray | None = None, step: np.ndarray | None = None,
+                 error: type[RlrmError] = DatasetError) -> np.ndarray:
+    """``label`` as a float32 array if it is numbers (not booleans) of shape ``(n,)``, all finite as float32;
+    otherwise raise ``error`` with a message that starts with ``what`` and names the first bad row.
+
+    The one label check: ``with_labels``, ``validate`` and the labelers all use it.
+    """
+    arr = np.asarray(label)
+    if arr.dtype.kind not in "iuf":
+        hint = "; cast booleans with .astype(float)" if arr.dtype.kind == "b" else ""
+        raise error(f"{what}: expected numbers (integers or floats), got dtype {arr.dtype}{hint}")
+    if arr.shape != (n,):
+        raise error(f"{what}: expected shape ({n},), got {arr.shape}")
+    with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused just below
+        arr = arr.astype(np.float32, copy=False)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        i = int(np.argmax(bad))
+        at = f" (episode {episode[i]}, step {step[i]})" if episode is not None and step is not None else ""
+        raise error(f"{what}: {int(bad.sum())} non-finite value(s) (NaN/inf, or beyond float32's range), first at "
+                    f"row {i}{at}; labels must be finite")
+    return arr
+
+
+def check_target(path: str | os.PathLike) -> None:
+    """Raise :class:`DatasetError` unless ``path`` is free, an empty folder or an rlrm dataset folder: the
+    places :meth:`TransitionDataset.save` may write (a dataset there is replaced; anything else is kept)."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir():
+        raise DatasetError(f"{path}: a file is in the way (expected a dataset folder or nothing); refusing to "
+                           "replace it: move it or write the dataset elsewhere")
+    if not any(path.iterdir()):
+        return
+    try:
+        fmt = json.loads((path / MANIFEST).read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        fmt = None
+    if fmt != FORMAT:
+        raise DatasetError(f"{path}: a folder that is not an rlrm dataset is in the way (expected {MANIFEST} with "
+                           f"format {FORMAT!r}); refusing to replace it: move it or write the dataset elsewhere")
+
+
+class _Stream:
+    """A file as numpy sees a non-file stream: ``write_array`` then writes through ``write``, whose OSError keeps
+    its errno ("No space left on device"); ``ndarray.tofile`` reports only "N requested and M written"."""
+
+    def __init__(self, f: Any) -> None:
+        self.write = f.write
+
+
+def _save_npy(file: Path, arr: np.ndarray) -> None:
+    with open(file, "wb") as f:
+        np.lib.format.write_array(_Stream(f), arr, allow_pickle=False)
+
+
+def _non_finite_rows(arr: np.ndarray, chunk_bytes: int = 1 << 24) -> tuple[int, int]:
+    """(number of rows holding a NaN/inf, first such row or -1), read in chunks (memory-mapped data stays cheap)."""
+    rows = max(1, chunk_bytes // max(1, arr[:1].nbytes))
+    count, first = 0, -1
+    for start in range(0, len(arr), rows):
+        chunk = np.asarray(arr[start:start + rows])
+        bad = ~np.isfinite(chunk).all(axis=tuple(range(1, chunk.ndim)))
+        if bad.any():
+            first = start + int(np.argmax(bad)) if first < 0 else first
+            count += int(bad.sum())
+    return count, first
 
 
 def _check_leaf(where: str, name: str, arr: np.ndarray, space: spaces.Space, n: int) -> None:
