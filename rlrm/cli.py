@@ -52,7 +52,7 @@ def run_main(main: Callable[[argparse.Namespace], int | None], parser: argparse.
 
 def in_cli_terms(message: str, flags: Mapping[str, str]) -> str:
     """A library message (which names parameters) in a CLI's terms (its flags), first word only."""
-    m = re.match(r"(\w+)\b", message)
+    m = re.match(r"(\w+)(?=[:\s]|$)", message)  # a parameter name, not the start of a path like data/x
     if m and m.group(1) in flags:
         return flags[m.group(1)] + message[m.end():]
     return message
