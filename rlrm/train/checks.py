@@ -82,7 +82,7 @@ def _task_warnings(ds: TransitionDataset) -> list[str]:
                              f"terminates (random actions ended an episode after {steps} steps): the model cannot "
                              "learn what ending an episode is worth; collect data that includes terminations")
         threshold = env.spec.reward_threshold if env.spec is not None else None
-        if ds.task.labeler == "env" and threshold is not None:
+        if ds.label_source == "env" and threshold is not None:  # the threshold is about the env's own reward
             lines += _unreached(ds, label, float(threshold), env.spec.max_episode_steps)
     finally:
         env.close()
