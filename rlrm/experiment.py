@@ -1,19 +1,23 @@
 """The experiment behind one ``train_agent`` command: a reward model for its tasks, the plan of runs
-(task × seed × reward source), running them in order, and the rows of the final table."""
+(task × seed × reward source), the ``results.json`` that the runs of an output folder share, and the rows of the
+final table."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlrm import atomic
+from rlrm import model as rm
 from rlrm.atomic import slug
 from rlrm.data.rollout import collect
 from rlrm.errors import ConfigError
 from rlrm.model import read_description
 from rlrm.model.network import ModelConfig
-from rlrm.rl.folder import RunSpec
+from rlrm.rl.folder import RunSpec, exclusive
 from rlrm.rl.hyperparams import default_algo, load_spec
 from rlrm.tasks import Task
 from rlrm.tracking import WandbOptions
@@ -29,6 +33,14 @@ def check_heads(model_path: Path, tasks: Sequence[Task]) -> None:
     if missing:
         raise ConfigError(f"{model_path}: the reward model has no head for task(s) {missing}; it has "
                           f"{sorted(desc['tasks'])}")
+
+
+def check_reward_model(model_path: Path, tasks: Sequence[Task]) -> None:
+    """Load the model file whole and check its heads, before anything is created (a clear error if not)."""
+    check_heads(model_path, tasks)
+    model = rm.load(model_path)
+    for task in tasks:
+        model.reward_fn(task.name)
 
 
 @dataclass(frozen=True)
@@ -90,6 +102,50 @@ def plan_runs(tasks: Sequence[Task], reward_model: Path | None, opts: PlanOption
                                      checkpoint_freq=opts.checkpoint_freq,
                                      shaping=opts.shaping if reward == "learned" else RewardShaping()))
     return specs
+
+
+RESULTS = "results.json"
+
+
+def read_results(output_dir: Path) -> list[dict[str, Any]]:
+    """The rows of ``output_dir/results.json`` (``[]`` if there is none yet)."""
+    path = output_dir / RESULTS
+    try:
+        rows = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid JSON ({err}); fix or delete it (each run folder keeps its own "
+                          "result.json)") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ConfigError(f"{path}: expected a JSON list of result rows (objects)")
+    return rows
+
+
+def record_results(output_dir: Path, results: Sequence[dict[str, Any]]) -> None:
+    """Merge run results into ``output_dir/results.json``: one row per run (by its key: task, agent, seed,
+    reward model), a newer result replacing the row of the same run in place.
+
+    Several commands may share an output folder: the read-merge-write holds a lock, so none loses another's rows.
+    """
+    path = output_dir / RESULTS
+    with exclusive(output_dir / f".{RESULTS}.lock"):
+        rows = read_results(output_dir)
+        index = {_run_of(r): i for i, r in enumerate(rows)}
+        for r in results:
+            if _run_of(r) in index:
+                rows[index[_run_of(r)]] = r
+            else:
+                index[_run_of(r)] = len(rows)
+                rows.append(r)
+        try:
+            atomic.write_json(path, rows)
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot write ({err.strerror or type(err).__name__})") from None
+
+
+def _run_of(row: dict[str, Any]) -> str:
+    return str(row.get("key") or row.get("run_dir"))
 
 
 def table_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -3,19 +3,28 @@
 With no arguments it runs the built-in default end to end: collect random transitions for the
 ``default`` suite, train one multi-task reward model, train an agent per env on the learned reward and
 one on the true reward (the baseline), evaluate all on the true reward, print a table.
+
+Ctrl-C (or SIGTERM) stops the run in training at its next env step: its checkpoint is saved, the command exits
+130, and ``--resume`` continues it. A run whose training is already complete finishes its final evaluation
+first (its result is kept; the runs after it are not started). A second Ctrl-C stops at once: the last
+checkpoint stays as it was. Each finished run is merged into ``<output-dir>/results.json`` at once, under a
+lock, so commands sharing an output folder keep each other's rows; a run folder is owned by one process at a
+time.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from rlrm import atomic, cli, experiment
+from rlrm import cli, experiment
 from rlrm.rl.hyperparams import check_spec, default_algo, load_spec, parse_params
 from rlrm.rl.runs import RunInterrupted, train_run
 from rlrm.tasks import load_catalog
@@ -65,12 +74,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+class StopRequest:
+    """The signal handler for SIGINT/SIGTERM. While ``armed`` (a run is training), the first signal asks the run to
+    stop at its next step; a second one, or one while not armed, raises ``KeyboardInterrupt`` at once."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.requested = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if not self.armed or self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        # os.write: a print could re-enter a stderr write (a progress bar) that the signal interrupted
+        os.write(2, b"stopping the run at its next step, with a checkpoint (Ctrl-C again to stop at once)\n")
+
+
+@contextlib.contextmanager
+def _handling_signals(handler: StopRequest) -> Iterator[None]:
+    """Install ``handler`` for SIGINT and SIGTERM (`kill` stops like Ctrl-C) and restore the old handlers after."""
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
 
 
 def main(args: argparse.Namespace) -> int:
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops like Ctrl-C: checkpoint saved, resumable
+    stop = StopRequest()
+    with _handling_signals(stop):
+        return _main(args, stop)
+
+
+def _main(args: argparse.Namespace, stop: StopRequest) -> int:
     catalog = load_catalog(args.tasks_file)
     builtin_default = not args.tasks and not args.suite
     tasks = catalog.resolve(args.tasks, args.suite or (["default"] if builtin_default else []))
@@ -82,13 +119,14 @@ def main(args: argparse.Namespace) -> int:
         overrides["n_envs"] = args.n_envs
     for t in tasks:  # fail fast on bad hyperparameters before any long step
         check_spec(t, load_spec(args.algo or default_algo(t), t, overrides, args.hyperparams_dir))
+    reward_model = args.reward_model
+    if reward_model is not None:  # before anything is created: a model that does not load leaves no folder
+        experiment.check_reward_model(reward_model, tasks)
+    experiment.read_results(args.output_dir)  # a broken results.json is refused before any training
     args.output_dir.mkdir(parents=True, exist_ok=True)
     group = f"train_agent-{time.strftime('%Y%m%d-%H%M%S')}"
     wandb = cli.wandb_options(args, group)
-    reward_model = args.reward_model
-    if reward_model is not None:
-        experiment.check_heads(reward_model, tasks)
-    elif args.reward == "learned":
+    if reward_model is None and args.reward == "learned":
         built = experiment.build_reward_model(tasks, args.output_dir / "reward", collect_steps=args.collect_steps,
                                               epochs=args.reward_epochs, reuse=args.resume, wandb=wandb,
                                               progress=not args.no_progress)
@@ -105,14 +143,23 @@ def main(args: argparse.Namespace) -> int:
         shaping=RewardShaping(args.reward_scale, args.reward_clip, args.reward_alpha)))
     results = []
     for i, spec in enumerate(specs, 1):
+        if stop.requested:
+            print(f"stopped before run {i}/{len(specs)} ({spec.name}); start the rest with --resume",
+                  file=sys.stderr)
+            return 130
         print(f"[{i}/{len(specs)}] {spec.name}: {spec.agent.n_timesteps:,} steps", file=sys.stderr)
+        stop.armed = True
         try:
             results.append(train_run(spec, args.output_dir, resume=args.resume, wandb=wandb,
-                                     progress=not args.no_progress, command=" ".join(sys.argv)))
+                                     progress=not args.no_progress, command=" ".join(sys.argv),
+                                     stop=lambda: stop.requested))
+            experiment.record_results(args.output_dir, results[-1:])
         except RunInterrupted as err:
-            print(f"{err}", file=sys.stderr)
+            how = "continue with --resume" if err.resumable else "start it again without --resume"
+            print(f"{err}; {how}", file=sys.stderr)
             return 130
-    atomic.write_json(args.output_dir / "results.json", results)
+        finally:
+            stop.armed = False
     print_results(results, args.eval_episodes, args.output_dir)
     return 0
 

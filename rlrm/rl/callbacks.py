@@ -1,17 +1,23 @@
-"""SB3 callbacks and logger outputs: learned-return logging, true-reward evaluation, checkpoints, W&B."""
+"""SB3 callbacks and logger outputs: learned-return logging, true-reward evaluation, checkpoints, stopping on
+request, progress.csv (appending), W&B."""
 
 from __future__ import annotations
 
+import csv
+import io
+import os
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, EveryNTimesteps
-from stable_baselines3.common.logger import KVWriter
+from stable_baselines3.common.logger import KVWriter, filter_excluded_keys
 from stable_baselines3.common.vec_env import VecEnv
 
+from rlrm import atomic
 from rlrm.rl.evaluation import evaluate_agent
 
 
@@ -81,16 +87,35 @@ class TrueRewardEval(BaseCallback):
             self._env = None
 
 
-class CallFn(BaseCallback):
-    """Calls ``fn()`` each time it is called: with :func:`every`, a periodic checkpoint."""
+class AtUpdate(BaseCallback):
+    """Calls ``fn()`` every ``n_steps`` env steps (on the grid ``k * n_steps``, also for a run resumed at ``start``)
+    at the first rollout start on or after each grid point: there the agent has learned from every step it
+    counts and stored every transition, so a checkpoint taken there resumes exactly."""
 
-    def __init__(self, fn: Callable[[], None]) -> None:
+    def __init__(self, n_steps: int, fn: Callable[[], object], start: int = 0) -> None:
         super().__init__()
-        self.fn = fn
+        self.n_steps, self.fn = n_steps, fn
+        self.next = (start // n_steps + 1) * n_steps
+
+    def _on_rollout_start(self) -> None:
+        if self.num_timesteps >= self.next:
+            self.fn()
+            self.next = (self.num_timesteps // self.n_steps + 1) * self.n_steps
 
     def _on_step(self) -> bool:
-        self.fn()
         return True
+
+
+class StopOnRequest(BaseCallback):
+    """Ends ``learn`` at the next env step once ``requested()`` is true (set from a signal handler): the agent
+    stops between steps, in a state that can be checkpointed and resumed."""
+
+    def __init__(self, requested: Callable[[], bool]) -> None:
+        super().__init__()
+        self.requested = requested
+
+    def _on_step(self) -> bool:
+        return not self.requested()
 
 
 def every(n_steps: int, callback: BaseCallback, start: int = 0) -> EveryNTimesteps:
@@ -120,3 +145,50 @@ class WandbOutput(KVWriter):
 
     def close(self) -> None:
         pass
+
+
+class ProgressCSV(KVWriter):
+    """SB3's CSV output, appending to an existing file (a resumed run continues its ``progress.csv``).
+
+    One header, the union of all keys: a row with a new key rewrites the file atomically with the wider header
+    (SB3's CSV output rewrites it in place); any other row is appended in one write. A torn last line (a process
+    killed mid-write) is dropped when the file is opened.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.keys: list[str] = []
+        if self.path.exists():
+            text = self.path.read_text(errors="replace")
+            if text and not text.endswith("\n"):
+                text = text[: text.rfind("\n") + 1]
+                atomic.write_bytes(self.path, text.encode())
+            rows = list(csv.reader(io.StringIO(text)))
+            self.keys = rows[0] if rows else []
+
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
+        values = filter_excluded_keys(key_values, key_excluded, "csv")
+        new = [k for k in values if k not in self.keys]
+        if new:
+            self._widen(new)
+        with open(self.path, "a", newline="") as f:
+            f.write(_csv_line([_cell(values.get(k)) for k in self.keys]))
+
+    def _widen(self, new: list[str]) -> None:
+        rows = list(csv.reader(io.StringIO(self.path.read_text(errors="replace")))) if self.path.exists() else []
+        self.keys += new
+        lines = [_csv_line(self.keys)] + [_csv_line(r + [""] * (len(self.keys) - len(r))) for r in rows[1:]]
+        atomic.write_bytes(self.path, "".join(lines).encode())
+
+    def close(self) -> None:
+        pass
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _csv_line(cells: list[str]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(cells)
+    return out.getvalue()

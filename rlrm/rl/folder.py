@@ -3,20 +3,28 @@
 Layout (RL Zoo style), ``<output>/<algo>/<task>_<N>/``::
 
     config.json        the exact run spec, rlrm version, command (written first, never changed)
-    checkpoint/        agent.zip, vecnormalize.json, replay_buffer.npz, state.json (written atomically)
-    monitor/           Monitor CSVs (true rewards)
-    progress.csv       SB3's logger output
+    .lock              held (flock) by the one process training in the folder
+    checkpoint/        agent.zip, vecnormalize.json, replay_buffer.npz, state.json (replaced as a whole)
+    monitor/           Monitor CSVs (true rewards): env<i>.monitor.csv, and env<i>.part<k>.monitor.csv for
+                       the segments before each resume
+    progress.csv       SB3's logger output (a resumed run appends)
     evaluations.json   periodic true-reward evaluations
+    wandb.json         the W&B run id (a resumed run logs into the same W&B run)
     agent.zip  vecnormalize.json  result.json   (at the end; result.json means "done")
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
+import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,12 +98,16 @@ class RunSpec:
 
 
 class RunFolder:
-    """The one owner of a run folder's paths: it creates and finds folders, writes and reads the config, results,
-    evaluations and checkpoints, and loads an agent with its normalization."""
+    """The one owner of a run folder's paths: it creates and finds folders, locks them while a process trains
+    in them, writes and reads the config, results, evaluations and checkpoints, and loads an agent with its
+    normalization."""
 
     CONFIG = "config.json"
     RESULT = "result.json"
     EVALUATIONS = "evaluations.json"
+    PROGRESS = "progress.csv"
+    WANDB = "wandb.json"
+    LOCK = ".lock"
     CHECKPOINT = "checkpoint"
     AGENT = "agent.zip"
     VECNORMALIZE = "vecnormalize.json"
@@ -104,6 +116,7 @@ class RunFolder:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+        self._lock_fd: int | None = None
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
@@ -111,7 +124,8 @@ class RunFolder:
     # ------------------------------------------------------------------ finding and creating
     @classmethod
     def create(cls, output_dir: Path, spec: RunSpec, command: str | None = None) -> RunFolder:
-        """``<output>/<algo>/<task>_<N>`` with the next free N, with its ``config.json`` written."""
+        """``<output>/<algo>/<task>_<N>`` with the next free N, locked (see :meth:`lock`), its ``config.json``
+        written."""
         base = output_dir / spec.agent.algo
         try:
             base.mkdir(parents=True, exist_ok=True)
@@ -127,9 +141,11 @@ class RunFolder:
                 break
             except FileExistsError:
                 n += 1
-        folder = cls(path)
-        atomic.write_json(folder.config_path, {"rlrm_version": rlrm.__version__, "key": spec.key(),
-                                               "command": command or " ".join(sys.argv), **spec.to_dict()})
+        # locked before config.json exists: a concurrent `find` never sees this folder unowned
+        folder = cls(path).lock()
+        folder._write(folder.config_path, lambda p: atomic.write_json(p, {
+            "rlrm_version": rlrm.__version__, "key": spec.key(), "command": command or " ".join(sys.argv),
+            **spec.to_dict()}))
         return folder
 
     @classmethod
@@ -159,6 +175,49 @@ class RunFolder:
             return cls(parent.parent)
         return cls(parent) if (parent / cls.CONFIG).is_file() else None
 
+    # ------------------------------------------------------------------ owning
+    def lock(self) -> RunFolder:
+        """Become the folder's one owner until :meth:`unlock` or the end of the process; a second owner (another
+        process training in it) is refused. Leftovers of an earlier owner that was killed are cleaned up.
+
+        An ``flock`` on ``.lock``: the kernel drops it with its process, also after ``kill -9``.
+        """
+        if self._lock_fd is not None:
+            return self
+        fd = os.open(self.path / self.LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise ConfigError(f"run folder {self.path}: in use by another process"
+                              f"{f' (pid {owner})' if owner.isdigit() else ''}; wait for it to end or stop it "
+                              "first") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+        self._clean_up_after_a_kill()
+        return self
+
+    def unlock(self) -> None:
+        """Give up ownership (see :meth:`lock`)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _clean_up_after_a_kill(self) -> None:
+        """Remove temporary files of writes that never finished; put back a checkpoint cut off mid-swap."""
+        for tmp in [*self.path.glob(".*.tmp*"), *self.checkpoint_dir.glob(".*.tmp*")]:
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+        old = sorted(self.path.glob(f".{self.CHECKPOINT}.*.old"), key=lambda p: p.stat().st_mtime)
+        if old and not self.checkpoint_dir.exists():
+            os.replace(old.pop(), self.checkpoint_dir)
+        for stale in old:
+            shutil.rmtree(stale, ignore_errors=True)
+
     # ------------------------------------------------------------------ paths
     @property
     def config_path(self) -> Path:
@@ -171,6 +230,10 @@ class RunFolder:
     @property
     def evaluations_path(self) -> Path:
         return self.path / self.EVALUATIONS
+
+    @property
+    def progress_path(self) -> Path:
+        return self.path / self.PROGRESS
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -225,64 +288,215 @@ class RunFolder:
         if not self.evaluations_path.exists():
             return []
         rows = self._read_json(self.evaluations_path)
-        if not isinstance(rows, list):
-            raise ConfigError(f"{self.evaluations_path}: expected a JSON list of evaluations")
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ConfigError(f"{self.evaluations_path}: expected a JSON list of evaluations (objects)")
         return rows
 
     def has_checkpoint(self) -> bool:
         return (self.checkpoint_dir / self.AGENT).exists()
 
+    def wandb_run_id(self) -> str | None:
+        """The W&B run this run logs to (kept so that a resumed run goes on logging into the same one)."""
+        path = self.path / self.WANDB
+        if not path.exists():
+            return None
+        stored = self._read_json(path)
+        run_id = stored.get("run_id") if isinstance(stored, dict) else None
+        return run_id if isinstance(run_id, str) and run_id else None
+
+    def history(self) -> list[Path]:
+        """The files that show training took place in this folder (logs, evaluations, a checkpoint)."""
+        found = [p for p in (self.progress_path, self.evaluations_path) if p.exists() and p.stat().st_size]
+        if self.checkpoint_dir.is_dir():
+            found += sorted(p for p in self.checkpoint_dir.iterdir() if not p.name.startswith("."))
+        return found + [p for p in self._monitor_files() if _has_rows(p)]
+
+    def resume_point(self) -> int | None:
+        """Check, reading only, that the run can go on from its checkpoint before anything is written.
+
+        :return: the checkpoint's step count, or ``None`` for a folder in which no training took place yet.
+        :raise ConfigError: the folder has history but no checkpoint, or a damaged one (naming the file, and
+            how to start over).
+        """
+        ckpt = self.checkpoint_dir
+        agent, state = ckpt / self.AGENT, ckpt / self.STATE
+        if not agent.exists():
+            history = self.history()
+            if not history:
+                return None
+            raise self._cannot_resume(f"{agent}: missing, though {history[0]} shows training took place")
+        try:
+            self.evaluations()
+            self.wandb_run_id()
+            state_row = self._read_json(state) if state.exists() else {}
+            for path in (agent, ckpt / self.REPLAY_BUFFER):
+                if path.exists():
+                    _check_zip(path)
+        except ConfigError as err:
+            raise self._cannot_resume(str(err)) from None
+        steps = state_row.get("num_timesteps") if isinstance(state_row, dict) else None
+        return int(steps) if isinstance(steps, (int, float)) else 0
+
+    def _cannot_resume(self, why: str) -> ConfigError:
+        return ConfigError(f"{why}; the run cannot be resumed: delete the run folder {self.path} or start a new "
+                           "run without resuming")
+
     # ------------------------------------------------------------------ writing
+    def _write(self, path: Path, write: Callable[[Path], None]) -> None:
+        """``write(path)``, with a failure (disk full, read-only) named by the file meant, not a temp file."""
+        try:
+            write(path)
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot write ({err.strerror or type(err).__name__})") from None
+
     def write_result(self, result: dict[str, Any]) -> None:
-        atomic.write_json(self.result_path, result)
+        self._write(self.result_path, lambda p: atomic.write_json(p, result))
 
     def write_evaluations(self, rows: list[dict[str, Any]]) -> None:
-        atomic.write_json(self.evaluations_path, rows)
+        self._write(self.evaluations_path, lambda p: atomic.write_json(p, rows))
+
+    def write_wandb_run_id(self, run_id: str) -> None:
+        self._write(self.path / self.WANDB, lambda p: atomic.write_json(p, {"run_id": run_id}))
+
+    def keep_monitor_logs(self) -> list[tuple[Path, Path]]:
+        """Before a resumed segment: move each Monitor CSV with episodes to ``env<i>.part<k>.monitor.csv``.
+
+        Monitor starts its files anew; one file per segment keeps each file's ``t_start`` true, and SB3's
+        ``load_results(monitor_dir)`` reads them all as one run.
+
+        :return: the moves made, ``(from, to)``, for :meth:`restore_monitor_logs`.
+        """
+        moved = []
+        for path in self._monitor_files():
+            if ".part" in path.name or not _has_rows(path):
+                continue
+            stem = path.name[: -len(".monitor.csv")]
+            k = 1
+            while (target := path.with_name(f"{stem}.part{k}.monitor.csv")).exists():
+                k += 1
+            os.replace(path, target)
+            moved.append((path, target))
+        return moved
+
+    def restore_monitor_logs(self, moved: list[tuple[Path, Path]]) -> None:
+        """Undo :meth:`keep_monitor_logs` (a segment that failed to start): its new, empty files go."""
+        for original, target in moved:
+            os.replace(target, original)
+
+    def _monitor_files(self) -> list[Path]:
+        return sorted(self.monitor_dir.glob("*.monitor.csv")) if self.monitor_dir.is_dir() else []
 
     def save_checkpoint(self, agent: BaseAlgorithm, venv: VecEnv) -> None:
-        """Agent, normalization statistics, replay buffer and step count, each written atomically."""
-        ckpt = self.checkpoint_dir
-        save_agent(agent, ckpt / self.AGENT)
-        if isinstance(venv, VecNormalize):
-            save_vecnormalize(venv, ckpt / self.VECNORMALIZE)
-        if isinstance(agent, OffPolicyAlgorithm):
-            _save_replay_buffer(agent, ckpt / self.REPLAY_BUFFER)
-        atomic.write_json(ckpt / self.STATE, {"num_timesteps": int(agent.num_timesteps), "time": time.time()})
+        """Agent, normalization statistics, replay buffer and step count, as one folder that replaces the previous
+        checkpoint whole: a save that fails or is cut off leaves the previous checkpoint as it was."""
+        def write(ckpt: Path) -> None:
+            with atomic.directory(ckpt) as tmp:
+                save_agent(agent, tmp / self.AGENT)
+                if isinstance(venv, VecNormalize):
+                    save_vecnormalize(venv, tmp / self.VECNORMALIZE)
+                if isinstance(agent, OffPolicyAlgorithm):
+                    _save_replay_buffer(agent.replay_buffer, tmp / self.REPLAY_BUFFER)
+                atomic.write_json(tmp / self.STATE, {"num_timesteps": int(agent.num_timesteps), "time": time.time()})
+
+        self._write(self.checkpoint_dir, write)
 
     def load_checkpoint(self, venv: VecEnv, algo: str) -> BaseAlgorithm:
         """The checkpointed agent bound to ``venv`` (statistics and replay buffer restored)."""
         ckpt = self.checkpoint_dir
         if isinstance(venv, VecNormalize) and (ckpt / self.VECNORMALIZE).exists():
             load_vecnormalize(venv, ckpt / self.VECNORMALIZE)
-        agent = load_agent(ckpt / self.AGENT, env=venv, algo=algo)
+        try:
+            agent = load_agent(ckpt / self.AGENT, env=venv, algo=algo)
+        except ConfigError as err:
+            raise self._cannot_resume(str(err)) from None
+        except Exception as err:  # SB3 meets a damaged zip with AssertionError, ValueError, RuntimeError, ...
+            raise self._cannot_resume(f"{ckpt / self.AGENT}: not a readable agent file ({_reason(err)})") from None
         if isinstance(agent, OffPolicyAlgorithm) and (ckpt / self.REPLAY_BUFFER).exists():
-            _load_replay_buffer(agent, ckpt / self.REPLAY_BUFFER)
+            try:
+                _load_replay_buffer(agent.replay_buffer, ckpt / self.REPLAY_BUFFER)
+            except ConfigError as err:
+                raise self._cannot_resume(str(err)) from None
         return agent
 
     def save_final(self, agent: BaseAlgorithm, venv: VecEnv) -> None:
-        save_agent(agent, self.agent_path)
+        self._write(self.agent_path, lambda p: save_agent(agent, p))
         if isinstance(venv, VecNormalize):
-            save_vecnormalize(venv, self.path / self.VECNORMALIZE)
+            self._write(self.path / self.VECNORMALIZE, lambda p: save_vecnormalize(venv, p))
 
 
-def _save_replay_buffer(agent: Any, path: Path) -> None:
-    buf = agent.replay_buffer
-    arrays = {k: getattr(buf, k) for k in ("observations", "next_observations", "actions", "rewards", "dones",
-                                           "timeouts") if isinstance(getattr(buf, k, None), np.ndarray)}
+@contextlib.contextmanager
+def exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an ``flock`` on ``lock_path`` (created if missing) while the block runs, waiting for other holders:
+    for a read-modify-write of a file that several processes share (``results.json``)."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _reason(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:160]}" if lines else type(err).__name__
+
+
+def _has_rows(monitor_csv: Path) -> bool:
+    """Whether a Monitor CSV holds an episode (beyond its two header lines)."""
+    with open(monitor_csv, "rb") as f:
+        return sum(1 for line in f if line.strip()) > 2
+
+
+def _check_zip(path: Path) -> None:
+    """A clear error for a truncated or damaged zip (agent files and ``.npz`` are zips)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise ConfigError(f"{path}: truncated or not a zip file ({_reason(err)})") from None
+    if bad is not None:
+        raise ConfigError(f"{path}: damaged (entry {bad!r} fails its checksum)")
+
+
+#: the arrays of an SB3 replay buffer (a dict of arrays for Dict observations)
+BUFFER_FIELDS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+
+
+def _buffer_leaves(buf: Any) -> dict[str, np.ndarray]:
+    """Every array of a replay buffer by name; a Dict observation's arrays as ``observations.<key>``."""
+    leaves: dict[str, np.ndarray] = {}
+    for name in BUFFER_FIELDS:
+        value = getattr(buf, name, None)
+        if isinstance(value, dict):
+            leaves.update({f"{name}.{k}": v for k, v in value.items() if isinstance(v, np.ndarray)})
+        elif isinstance(value, np.ndarray):
+            leaves[name] = value
+    return leaves
+
+
+def _save_replay_buffer(buf: Any, path: Path) -> None:
     with atomic.temp_path(path) as tmp:
-        np.savez(tmp, pos=np.array(buf.pos), full=np.array(buf.full), **arrays)
+        np.savez(tmp, pos=np.array(buf.pos), full=np.array(buf.full), **_buffer_leaves(buf))
 
 
-def _load_replay_buffer(agent: Any, path: Path) -> None:
-    with np.load(path, allow_pickle=False) as data:
-        buf = agent.replay_buffer
-        for k in data.files:
-            if k in ("pos", "full"):
-                continue
-            target = getattr(buf, k)
-            if target.shape == data[k].shape:
-                target[...] = data[k]
-        buf.pos, buf.full = int(data["pos"]), bool(data["full"])
+def _load_replay_buffer(buf: Any, path: Path) -> None:
+    """Fill ``buf`` from :func:`_save_replay_buffer`'s file; every field must be there with the buffer's shape."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            for name, target in _buffer_leaves(buf).items():
+                if name not in data.files:
+                    raise ConfigError(f"{path}: field {name!r} missing (the file has {sorted(data.files)})")
+                stored = data[name]
+                if stored.shape != target.shape:
+                    raise ConfigError(f"{path}: field {name!r} has shape {stored.shape}, expected {target.shape} "
+                                      "(a buffer of another size or env)")
+                target[...] = stored
+            pos, full = int(data["pos"]), bool(data["full"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        raise ConfigError(f"{path}: not a readable replay buffer ({_reason(err)})") from None
+    if not 0 <= pos <= buf.buffer_size:
+        raise ConfigError(f"{path}: field 'pos' is {pos}, expected 0 to {buf.buffer_size}")
+    buf.pos, buf.full = pos, full
 
 
 def learned_reward(spec: RunSpec) -> RewardFn | None:
