@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium import spaces
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnvWrapper
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnvWrapper, VecMonitor, VecNormalize
 
 from rlrm.data.labels import label_with
 from rlrm.data.rollout import collect
@@ -511,3 +511,37 @@ def test_vec_wrapper_over_a_vecenv_that_reuses_its_observation_buffer() -> None:
         alive = ~rec["dones"][t - 1]  # envs that did not reset between the two calls
         np.testing.assert_array_equal(fn.calls[t]["obs"][alive], fn.calls[t - 1]["next_obs"][alive])
         assert not np.array_equal(fn.calls[t]["obs"], fn.calls[t]["next_obs"])
+
+
+# --------------------------------------------------------------------------- order of the env stack
+def _pendulum_reward() -> RecordingReward:
+    env = gym.make("Pendulum-v1")
+    return RecordingReward(env.observation_space, env.action_space)
+
+
+@pytest.mark.parametrize("norm_obs, norm_reward, normalizes", [(True, False, "observations"),
+                                                                (False, True, "rewards"),
+                                                                (True, True, "observations")])
+def test_vec_learned_reward_over_a_normalizing_vecnormalize_is_refused(norm_obs: bool, norm_reward: bool,
+                                                                      normalizes: str) -> None:
+    # defect 5: the model would see normalized observations, info["true_reward"] a normalized reward
+    venv = VecNormalize(DummyVecEnv([lambda: gym.make("Pendulum-v1")]), norm_obs=norm_obs, norm_reward=norm_reward)
+    with pytest.raises(ConfigError, match=rf"VecNormalize that normalizes {normalizes}.*"
+                                          r"VecLearnedReward -> VecNormalize \(VecNormalize outside\)"):
+        VecLearnedReward(venv, _pendulum_reward(), "Pendulum-v1")
+    # also further down the chain of wrappers
+    with pytest.raises(ConfigError, match="VecNormalize outside"):
+        VecLearnedReward(VecMonitor(venv), _pendulum_reward(), "Pendulum-v1")
+    venv.close()
+
+
+def test_vecnormalize_outside_the_learned_reward_is_the_supported_order() -> None:
+    inner = VecLearnedReward(DummyVecEnv([lambda: gym.make("Pendulum-v1")]), _pendulum_reward(), "Pendulum-v1")
+    venv = VecNormalize(inner)
+    venv.reset()
+    _, _, _, infos = venv.step(np.zeros((1, 1), dtype=np.float32))
+    assert "true_reward" in infos[0]
+    # a VecNormalize that changes nothing underneath is harmless
+    VecLearnedReward(VecNormalize(DummyVecEnv([lambda: gym.make("Pendulum-v1")]), norm_obs=False, norm_reward=False),
+                     _pendulum_reward(), "Pendulum-v1")
+    venv.close()
