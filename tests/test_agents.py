@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +16,13 @@ import pytest
 from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.noise import NormalActionNoise
+from stable_baselines3.common.noise import NormalActionNoise, VectorizedActionNoise
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from torch import nn
 
 from rlrm.errors import ConfigError
 from rlrm.rl.envs import load_vecnormalize, make_vec_env, save_vecnormalize, sync_normalization
-from rlrm.rl.files import detect_algo, load_agent
+from rlrm.rl.files import UntrustedAgentFile, detect_algo, load_agent
 from rlrm.rl.hyperparams import ALGOS, AgentSpec, build_kwargs, check_spec, default_algo, load_spec, parse_params
 from rlrm.tasks import Task
 from rlrm.wrappers import VecLearnedReward
@@ -325,3 +326,78 @@ def test_load_agent_checks_the_env_and_the_file(tmp_path: Path, monkeypatch: pyt
         detect_algo("junk.zip")
     with pytest.raises(ConfigError, match=r"junk\.zip"):
         load_agent("junk.zip", algo="ppo")
+
+
+# --------------------------------------------------------------------------- loading without unpickling
+@pytest.fixture
+def no_unpickling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any cloudpickle.loads in SB3's loader fail the test (the only place SB3 unpickles an agent's data)."""
+    from stable_baselines3.common import save_util
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("cloudpickle.loads was called on an agent file")
+
+    monkeypatch.setattr(save_util.cloudpickle, "loads", refuse)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c", "sac", "td3", "dqn"])
+def test_plain_sb3_zips_load_without_unpickling(algo: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                no_unpickling: None) -> None:
+    monkeypatch.chdir(tmp_path)
+    _save_agent(algo, "agent.zip")
+    task = CARTPOLE if algo in ("ppo", "a2c", "dqn") else PENDULUM
+    agent = load_agent("agent.zip", env=DummyVecEnv([task.make_env]))
+    assert agent.observation_space == task.make_env().observation_space
+    with pytest.raises(ConfigError, match="another env"):
+        load_agent("agent.zip", env=DummyVecEnv([(PENDULUM if task is CARTPOLE else CARTPOLE).make_env]))
+
+
+def _sac_run(tmp_path: Path, kwargs: dict[str, Any]) -> tuple[Path, AgentSpec]:
+    """A SAC agent built from an rlrm agent spec (schedules, action noise, activation), trained a few steps on 2
+    envs, saved in a run folder with its config.json."""
+    spec = AgentSpec("sac", 100, n_envs=2, kwargs={"buffer_size": 200, "learning_starts": 20, "batch_size": 16,
+                                                   **kwargs})
+    venv = DummyVecEnv([PENDULUM.make_env] * 2)
+    agent = ALGOS["sac"]("MlpPolicy", venv, device="cpu", seed=0, **build_kwargs(spec, 1))
+    agent.learn(40)
+    (tmp_path / "run").mkdir()
+    agent.save(tmp_path / "run" / "agent.zip")
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"agent": spec.to_dict()}))
+    return tmp_path / "run" / "agent.zip", spec
+
+
+RICH = {"learning_rate": "lin_0.001", "action_noise": {"type": "normal", "sigma": 0.2},
+        "policy_kwargs": {"net_arch": [16], "activation_fn": "relu"}}
+
+
+def test_an_rlrm_run_agent_is_rebuilt_from_its_config(tmp_path: Path, no_unpickling: None) -> None:
+    path, _ = _sac_run(tmp_path, RICH)
+    with zipfile.ZipFile(path) as zf:
+        data = json.loads(zf.read("data"))
+    pickled = {k for k, v in data.items() if isinstance(v, dict) and ":serialized:" in v}
+    assert {"learning_rate", "action_noise", "policy_kwargs"} <= pickled
+    agent = load_agent(path, env=DummyVecEnv([PENDULUM.make_env] * 2))  # config.json found beside it
+    assert agent.policy_kwargs["activation_fn"] is nn.ReLU and agent.learning_rate(0.5) == pytest.approx(0.0005)
+    assert isinstance(agent.action_noise, VectorizedActionNoise)  # learn() on 2 envs wrapped it; rebuilt the same
+    agent.learn(20, reset_num_timesteps=False)  # it trains on
+
+
+def test_a_config_that_does_not_rebuild_the_file_is_refused(tmp_path: Path, no_unpickling: None) -> None:
+    path, spec = _sac_run(tmp_path, RICH)
+    other = AgentSpec(spec.algo, spec.n_timesteps, spec.n_envs, kwargs={**spec.kwargs, "learning_rate": "lin_0.01"})
+    with pytest.raises(UntrustedAgentFile, match=r"'learning_rate' differs .*start: '0.001' in the file, '0.01'"):
+        load_agent(path, env=DummyVecEnv([PENDULUM.make_env] * 2), agent_spec=other)
+    # an agent that only acts needs only its network and spaces rebuilt exactly
+    agent = load_agent(path, env=DummyVecEnv([PENDULUM.make_env]), agent_spec=other, for_training=False)
+    assert agent.policy_kwargs["activation_fn"] is nn.ReLU
+    # without its config: the activation cannot be rebuilt from the file alone
+    (path.parent / "config.json").unlink()
+    with pytest.raises(UntrustedAgentFile, match=r"'policy_kwargs'.*trust_agent_file=True"):
+        load_agent(path, env=DummyVecEnv([PENDULUM.make_env]), for_training=False)
+
+
+def test_trust_agent_file_unpickles(tmp_path: Path) -> None:
+    path, _ = _sac_run(tmp_path, RICH)
+    (path.parent / "config.json").unlink()
+    agent = load_agent(path, trust_agent_file=True)  # SB3's own loader: no env needed
+    assert agent.policy_kwargs["activation_fn"] is nn.ReLU

@@ -190,13 +190,15 @@ def rebuilt_objects(path: Path, cls: type[BaseAlgorithm], spaces: tuple[gym.Spac
     unknown = sorted(pickled - REBUILT - RUNTIME_STATE)
     if unknown:
         raise UntrustedAgentFile(path, f"its entries {unknown} are pickled objects that rlrm cannot rebuild")
+    if _pickled(data.get("action_space")):  # first: an algorithm cannot even be built on another action space
+        _check_same(path, "action_space", data["action_space"], spaces[1], env_name)
     template = _template(path, cls, spaces, data, agent_spec)
     custom: dict[str, Any] = {}
     for key in sorted(pickled | {"policy_class", *_SPACES}):
         if key == "action_noise" and "VectorizedActionNoise" in str(data[key].get(":type:")) \
                 and template.action_noise is not None:
             # learn() wraps the noise of a multi-env run; the rebuilt agent wraps it again when it learns
-            template.action_noise = VectorizedActionNoise(template.action_noise, int(data.get("n_envs", 1)))
+            template.action_noise = VectorizedActionNoise(template.action_noise, _n_envs(data))
         value = getattr(template, key, None)
         if key in pickled and (key in ACTING or (for_training and key not in RUNTIME_STATE)):
             _check_same(path, key, data[key], value, env_name)
@@ -209,20 +211,18 @@ def _template(path: Path, cls: type[BaseAlgorithm], spaces: tuple[gym.Space, gym
     """The algorithm built as the file's run built it (config, or the file's plain values), on the same spaces."""
     signature = inspect.signature(cls.__init__).parameters
     kwargs = {k: v for k, v in data.items() if k in signature and k not in _NOT_KWARGS and not _pickled(v)}
-    policy = "MlpPolicy"
     if agent_spec is not None:
         n_actions = int(np.prod(spaces[1].shape)) if spaces[1].shape else None
         kwargs.update({k: v for k, v in build_kwargs(agent_spec, n_actions).items() if k not in _NOT_KWARGS})
         policy = agent_spec.policy
     else:
-        policy = _policy_alias(cls, data.get("policy_class")) or policy
+        policy = _policy_alias(cls, data.get("policy_class")) or "MlpPolicy"
     if policy not in cls.policy_aliases:
         raise UntrustedAgentFile(path, f"its policy {policy!r} is not one of {cls.__name__}'s "
                                        f"{sorted(cls.policy_aliases)}")
     if issubclass(cls, OffPolicyAlgorithm):
         kwargs["buffer_size"] = 16  # never filled: the template only supplies objects
-    n_envs = min(max(int(data.get("n_envs", 1)) if isinstance(data.get("n_envs"), int) else 1, 1), 64)
-    venv = DummyVecEnv([lambda: _SpacesEnv(*spaces)] * n_envs)
+    venv = DummyVecEnv([lambda: _SpacesEnv(*spaces)] * _n_envs(data))
     try:
         # its own RNG stream: building the template must not change what the caller's seed gives
         with th.random.fork_rng(devices=[]), warnings.catch_warnings():
@@ -233,6 +233,12 @@ def _template(path: Path, cls: type[BaseAlgorithm], spaces: tuple[gym.Space, gym
                                        f"{str(err).splitlines()[0][:200]})") from None
     finally:
         venv.close()
+
+
+def _n_envs(data: dict[str, Any]) -> int:
+    """The file's number of envs, as a template needs it (a plain value: anything odd counts as one)."""
+    n = data.get("n_envs")
+    return min(n, 64) if isinstance(n, int) and n > 0 else 1
 
 
 def _policy_alias(cls: type[BaseAlgorithm], described: Any) -> str | None:
