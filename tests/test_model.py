@@ -169,6 +169,9 @@ def test_reward_fn_matches_predict(cartpole_ds, pendulum_ds, activation: str, la
                 out = fn(*batch)
                 assert out.shape == (n,) and out.dtype == np.float32
                 np.testing.assert_allclose(out, model.predict(ds.task.name, *batch), rtol=1e-5, atol=1e-5)
+            obs, act, nxt, done = _batch(ds, 8)  # far outside the standardization: both paths clip alike
+            far = (obs * 1e4, act * 1e4 if act.dtype.kind == "f" else act, -nxt * 1e4, done)
+            np.testing.assert_allclose(fn(*far), model.predict(ds.task.name, *far), rtol=1e-5, atol=1e-5)
     fn = model.reward_fn("dict.task")
     for n, seed in ((1, 0), (13, 1), (13, 2)):
         batch = _dict_batch(n, seed)
