@@ -5,6 +5,8 @@ directory. Nothing planted may run unless the user opts in on the command line."
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -20,6 +22,7 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
+from rlrm.evaluate import entry as evaluate_entry
 from rlrm.tasks import Task
 from rlrm.train_agent import entry as train_entry
 
@@ -47,6 +50,15 @@ def _run(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     return subprocess.run([sys.executable, "-m", f"rlrm.{module}", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
+
+
+def _evaluate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m rlrm.evaluate`` in-process (its ``entry``), as a completed process (what the subprocess gives)."""
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        mp.chdir(cwd)
+        rc = evaluate_entry(list(args))
+    return subprocess.CompletedProcess(["evaluate", *args], rc, out.getvalue(), err.getvalue())
 
 
 def _one_line_error(proc: subprocess.CompletedProcess[str], module: str) -> str:
@@ -125,10 +137,10 @@ def test_trust_agent_file_loads_as_sb3_does(work: Path) -> None:
     marker = work / "pwned.txt"
     agent = work / "runs" / "ppo" / "CartPole-v1_1" / "agent.zip"
     plant(agent, marker, ["ep_info_buffer"])
-    proc = _run("evaluate", "--agent", str(agent), "--episodes", "2", cwd=work)
+    proc = _evaluate("--agent", str(agent), "--episodes", "2", cwd=work)
     assert proc.returncode == 0, proc.stderr
     assert not marker.exists()
-    proc = _run("evaluate", "--agent", str(agent), "--episodes", "2", "--trust-agent-file", cwd=work)
+    proc = _evaluate("--agent", str(agent), "--episodes", "2", "--trust-agent-file", cwd=work)
     assert proc.returncode == 0, proc.stderr
     assert marker.read_text() == "payload ran"  # the payload is real: only the opt-in runs it
 
@@ -139,7 +151,7 @@ def test_an_entry_rlrm_cannot_rebuild_needs_the_opt_in(work: Path, tmp_path: Pat
     agent.parent.mkdir()
     shutil.copy(work / "runs" / "ppo" / "CartPole-v1_1" / "agent.zip", agent)
     plant(agent, marker, ["sneaky"], sneaky={":type:": "<class 'dict'>"})  # a pickled entry SB3 does not write
-    line = _one_line_error(_run("evaluate", "--agent", str(agent), "--task", "CartPole-v1", cwd=work), "evaluate")
+    line = _one_line_error(_evaluate("--agent", str(agent), "--task", "CartPole-v1", cwd=work), "evaluate")
     assert f"--agent {agent}: " in line and "'sneaky'" in line and "cannot rebuild" in line
     assert "--trust-agent-file" in line and "runs any code" in line
     assert not marker.exists()
@@ -149,14 +161,14 @@ def test_a_plain_sb3_zip_loads_when_every_pickled_entry_is_rebuilt(tmp_path: Pat
     # SB3's defaults: no run config needed; a non-default network needs the opt-in (rlrm cannot rebuild it)
     PPO("MlpPolicy", DummyVecEnv([CARTPOLE.make_env]), n_steps=32, batch_size=32, device="cpu").save(
         tmp_path / "plain.zip")
-    proc = _run("evaluate", "--agent", "plain.zip", "--task", "CartPole-v1", "--episodes", "2", cwd=tmp_path)
+    proc = _evaluate("--agent", "plain.zip", "--task", "CartPole-v1", "--episodes", "2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     PPO("MlpPolicy", DummyVecEnv([CARTPOLE.make_env]), n_steps=32, batch_size=32, device="cpu",
         policy_kwargs={"activation_fn": torch.nn.ReLU}).save(tmp_path / "relu.zip")
-    proc = _run("evaluate", "--agent", "relu.zip", "--task", "CartPole-v1", "--episodes", "2", cwd=tmp_path)
+    proc = _evaluate("--agent", "relu.zip", "--task", "CartPole-v1", "--episodes", "2", cwd=tmp_path)
     line = _one_line_error(proc, "evaluate")
     assert "'policy_kwargs'" in line and "ReLU" in line and "--trust-agent-file" in line
-    proc = _run("evaluate", "--agent", "relu.zip", "--task", "CartPole-v1", "--episodes", "2", "--trust-agent-file",
+    proc = _evaluate("--agent", "relu.zip", "--task", "CartPole-v1", "--episodes", "2", "--trust-agent-file",
                 cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
 
@@ -169,7 +181,7 @@ def test_weights_that_are_more_than_tensors_are_refused_even_when_trusted(work: 
     torch.save({"mlp_extractor.policy_net.0.weight": Payload(marker)}, hostile)
     _rewrite(agent, members={"policy.pth": hostile.read_bytes()})
     for extra in ([], ["--trust-agent-file"]):
-        line = _one_line_error(_run("evaluate", "--agent", str(agent), *extra, cwd=work), "evaluate")
+        line = _one_line_error(_evaluate("--agent", str(agent), *extra, cwd=work), "evaluate")
         assert str(agent) in line and "more than tensors" in line
     assert not marker.exists()
 
