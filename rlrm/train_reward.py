@@ -19,7 +19,7 @@ from rlrm.train.job import metrics_path, train_job
 from rlrm.train.loop import SAMPLING, TrainConfig, TrainResult
 
 PROG = "python -m rlrm.train_reward"
-FLAGS = {"out": "--out", "tasks": "--tasks", "init": "--init", "data": "--data", "model_config": "--encoder"}
+FLAGS = {"out": "--out", "tasks": "--tasks", "init": "--init", "data": "--data"}
 #: the architecture flags, with their defaults for a new model (None in the parser: so --init can tell they were set)
 ARCHITECTURE = {"encoder": [64, 64], "activation": "relu", "layer_norm": False, "inputs": ",".join(INPUTS)}
 METRIC_COLUMNS = ["task", "n_train", "n_val", "mse", "r2", "spearman", "ranking_acc"]
