@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     if not args.agent.exists():
         raise ConfigError(f"agent {args.agent}: file not found")
-    allow_env_modules([*args.env_module, *([m] if args.task and (m := env_module_of(args.task)) else [])])
+    allow_env_modules([*args.env_module, *filter(None, map(env_module_of, [args.task] if args.task else []))])
     folder = RunFolder.of_agent(args.agent)
     task = load_catalog(args.tasks_file).task(args.task) if args.task else None
     if task is None and folder is None:
