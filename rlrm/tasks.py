@@ -4,9 +4,9 @@ A task file looks like::
 
     tasks:
       Pendulum-v1: {}                              # name = env id, oracle labels
-      Pendulum-v1/upright:                         # a task family member on the same env
+      Pendulum-v1/upright:                         # another task on the same env, labeled by your function
         env_id: Pendulum-v1
-        labeler: python:rlrm.labelers:pendulum_upright
+        labeler: python:my_pkg.rewards:upright     # (see examples/label_your_own_transitions.py)
     suites:
       classic: [CartPole-v1, Pendulum-v1]
 """
