@@ -28,6 +28,7 @@ import rlrm
 from rlrm import atomic
 from rlrm import spaces as sp
 from rlrm.errors import DatasetError, RlrmError, SpaceError
+from rlrm.formats import check_format
 from rlrm.tasks import Task
 
 FORMAT = "rlrm.transitions"
@@ -351,13 +352,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
         manifest = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DatasetError(f"{file}: not valid JSON: {err}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise DatasetError(f"{file}: field 'format': expected {FORMAT!r}, got {manifest.get('format')!r}"
-                           if isinstance(manifest, dict) else f"{file}: expected a JSON object")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise DatasetError(f"{file}: field 'format_version' is {version!r}; this rlrm ({rlrm.__version__}) reads "
-                           f"versions up to {FORMAT_VERSION}: upgrade rlrm")
+    check_format(manifest, fmt=FORMAT, version=FORMAT_VERSION, where=str(file), error=DatasetError)
     return manifest
 
 
