@@ -301,6 +301,24 @@ def test_dataset_whose_spaces_disagree_with_its_env(cartpole_ds: TransitionDatas
     _nothing_written(workdir / "models")
 
 
+def test_dataset_of_a_module_env_needs_the_module_named(cartpole_ds: TransitionDataset, workdir: Path) -> None:
+    """The space check creates each dataset's env; a ``module:EnvId`` env imports its module only when the user names
+    it (--env-module), never because a dataset file says so."""
+    (workdir / "tinyenvs.py").write_text("import gymnasium\ngymnasium.register('Tiny-v0', "
+                                         "entry_point='gymnasium.envs.classic_control:CartPoleEnv')\n")
+    replace(cartpole_ds, task=Task("tiny", "tinyenvs:Tiny-v0")).save(workdir / "data" / "tiny")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    run = [sys.executable, "-m", "rlrm.train_reward", "--data", "data", "--out", "models/rm.safetensors", *FAST]
+    proc = subprocess.run(run, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "--env-module tinyenvs" in lines[0], proc.stderr
+    _nothing_written(workdir / "models")
+    proc = subprocess.run([*run, "--env-module", "tinyenvs"], cwd=workdir, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert list(rm.load(workdir / "models" / "rm.safetensors").tasks) == ["tiny"]
+
+
 # --------------------------------------------------------------------------- #8.12: unwritable --out
 @pytest.fixture
 def unwritable(tmp_path: Path) -> Path:
