@@ -125,7 +125,7 @@ class _Setup:
 
     data: list[_TaskData]
     trained: list[_TaskData]
-    opt: torch.optim.Optimizer | None
+    opt: torch.optim.Optimizer
     steps: int
     gen: torch.Generator
     val_episodes: dict[str, list[int]]
@@ -192,10 +192,10 @@ def _setup(model: RewardModel, datasets: Sequence[TransitionDataset], cfg: Train
 
 def _task_data(model: RewardModel, ds: TransitionDataset, cfg: TrainConfig,
                val_episodes: list[int] | None) -> _TaskData:
-    """Split ``ds`` by episode (the stored validation episodes of a task the model has, else :func:`split_seed`)
-    and compute its features."""
-    if val_episodes is not None:
-        in_val = np.isin(ds.episode, np.asarray(val_episodes, np.int64))
+    """Split ``ds`` by episode (the stored validation episodes of a task the model has, if the data hold any of
+    them, else by :func:`split_seed`) and compute its features."""
+    in_val = np.isin(ds.episode, np.asarray(val_episodes or [], np.int64))
+    if in_val.any():
         train, val = ds.subset(~in_val), ds.subset(in_val)
     else:
         train, val = ds.split_by_episode(cfg.val_frac, seed=split_seed(ds.task.name, cfg.seed))
