@@ -112,7 +112,7 @@ def read_results(output_dir: Path) -> list[dict[str, Any]]:
     path = output_dir / RESULTS
     try:
         rows = json.loads(path.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # nothing there yet (a bad output_dir is met when it is made)
         return []
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid JSON ({err}); fix or delete it (each run folder keeps its own "

@@ -87,7 +87,8 @@ class StopRequest:
             raise KeyboardInterrupt
         self.requested = True
         # os.write: a print could re-enter a stderr write (a progress bar) that the signal interrupted
-        os.write(2, b"stopping the run at its next step, with a checkpoint (Ctrl-C again to stop at once)\n")
+        os.write(2, b"stopping: the run saves a checkpoint at its next step, or finishes if its training is done "
+                    b"(Ctrl-C again: stop at once)\n")
 
 
 @contextlib.contextmanager

@@ -217,15 +217,21 @@ LONG = [*PPO[:6], "-n", "1000000", *PPO[8:]]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_real_signal_to_a_training_process_and_a_second_owner_refused(
-        sig: int, workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_real_signal_to_a_training_process_and_a_second_owner_refused(sig: int, workdir: Path) -> None:
     proc = _start(LONG, workdir)
     try:
         _wait_for(workdir / RUN / "checkpoint" / "state.json", proc)
         # two --resume of one run at once: the second is refused while the first owns the folder
-        assert entry(["--resume", *LONG]) == 2
-        line = _one_line_error(capsys)
-        assert f"run folder {RUN}" in line and "in use by another process" in line and str(proc.pid) in line
+        second = _start(["--resume", *LONG], workdir)
+        try:
+            _, second_err = second.communicate(timeout=120)
+        finally:
+            if second.poll() is None:  # it trained instead (no lock)
+                second.kill()
+                second.wait()
+        lines = [line for line in second_err.splitlines() if line.strip() and not line.startswith("[")]
+        assert second.returncode == 2 and len(lines) == 1, second_err
+        assert lines[0].startswith(f"{PROG}: error: run folder {RUN}: in use by another process (pid {proc.pid})")
         assert sorted(p.name for p in (workdir / RUN).parent.iterdir()) == ["CartPole-v1_1"]
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
@@ -322,9 +328,10 @@ def _interrupt_sac_dict_run(monkeypatch: pytest.MonkeyPatch) -> dict[str, np.nda
 
     def save_then_interrupt(self: RunFolder, agent: Any, venv: Any) -> None:
         original(self, agent, venv)
-        if not saved:
-            os.kill(os.getpid(), signal.SIGINT)
+        first = not saved
         saved.update(_leaves(agent.replay_buffer))  # the last save is the stop's own checkpoint
+        if first:
+            os.kill(os.getpid(), signal.SIGINT)
 
     with monkeypatch.context() as m:
         m.setattr(RunFolder, "save_checkpoint", save_then_interrupt)
