@@ -8,7 +8,10 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -16,6 +19,9 @@ from rich.table import Table
 
 from rlrm.errors import RlrmError
 from rlrm.tracking import WandbOptions
+from rlrm.train.checks import DataWarning
+from rlrm.train.job import metrics_path
+from rlrm.train.loop import TrainResult
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -126,3 +132,32 @@ def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[st
     console = Console()
     # Off a terminal (CI logs, pipes) rich assumes 80 columns and wraps cells; let the table be as wide as it is.
     Console(width=console.width if console.is_terminal else 200).print(table)
+
+
+METRIC_COLUMNS = ["task", "n_train", "n_val", "mse", "r2", "spearman", "ranking_acc"]
+
+
+@contextmanager
+def show_data_warnings(prog: str) -> Iterator[None]:
+    """Show each :class:`DataWarning` raised inside the block as one stderr line, ``<prog>: warning: ...``, every
+    time (other warnings as Python shows them)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", DataWarning)
+        default = warnings.showwarning
+
+        def show(message: Any, category: type[Warning], *rest: Any, **kwargs: Any) -> None:
+            if issubclass(category, DataWarning):
+                print(f"{prog}: warning: {message}", file=sys.stderr, flush=True)
+            else:
+                default(message, category, *rest, **kwargs)
+
+        warnings.showwarning = show
+        yield
+
+
+def print_metrics(out: Path, result: TrainResult) -> None:
+    """The held-out metrics table of a trained model."""
+    rows = [{"task": t, **m} for t, m in result.metrics.items()]
+    print_table(f"Reward model {out} (held-out episodes; best epoch {result.best_epoch}/{len(result.history)}; "
+                f"metrics in {metrics_path(out)})", rows, METRIC_COLUMNS,
+                caption="r2/spearman '-': the labels are constant there (mse tells the fit)")

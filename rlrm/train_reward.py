@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import sys
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from rlrm import cli
 from rlrm.errors import ConfigError
 from rlrm.model.features import INPUTS
 from rlrm.model.network import ModelConfig
 from rlrm.tasks import allow_env_modules
-from rlrm.train.checks import DataWarning
-from rlrm.train.job import metrics_path, train_job
-from rlrm.train.loop import SAMPLING, TrainConfig, TrainResult
+from rlrm.train.job import train_job
+from rlrm.train.loop import SAMPLING, TrainConfig
 
 PROG = "python -m rlrm.train_reward"
 FLAGS = {"out": "--out", "tasks": "--tasks", "init": "--init", "data": "--data"}
 #: the architecture flags, with their defaults for a new model (None in the parser: so --init can tell they were set)
 ARCHITECTURE = {"encoder": [64, 64], "activation": "relu", "layer_norm": False, "inputs": ",".join(INPUTS)}
-METRIC_COLUMNS = ["task", "n_train", "n_val", "mse", "r2", "spearman", "ranking_acc"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,10 +54,10 @@ def main(args: argparse.Namespace) -> int:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                       val_frac=args.val_frac, seed=args.seed, sampling=args.sampling, patience=args.patience,
                       freeze_encoder=args.freeze_encoder)
-    with show_data_warnings(PROG):
+    with cli.show_data_warnings(PROG):
         result = train_job(args.data, args.out, cfg, model_config(args), tasks=args.tasks, init=args.init,
                            wandb=cli.wandb_options(args), progress=not args.no_progress)
-    print_metrics(args.out, result)
+    cli.print_metrics(args.out, result)
     return 0
 
 
@@ -79,32 +73,6 @@ def model_config(args: argparse.Namespace) -> ModelConfig | None:
     values = {k: default if getattr(args, k) is None else getattr(args, k) for k, default in ARCHITECTURE.items()}
     inputs = [s.strip() for s in values.pop("inputs").split(",") if s.strip()]
     return ModelConfig(**values, inputs=inputs)
-
-
-@contextmanager
-def show_data_warnings(prog: str) -> Iterator[None]:
-    """Show each :class:`DataWarning` raised inside the block as one stderr line, ``<prog>: warning: ...``, every
-    time (other warnings as Python shows them)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", DataWarning)
-        default = warnings.showwarning
-
-        def show(message: Any, category: type[Warning], *rest: Any, **kwargs: Any) -> None:
-            if issubclass(category, DataWarning):
-                print(f"{prog}: warning: {message}", file=sys.stderr, flush=True)
-            else:
-                default(message, category, *rest, **kwargs)
-
-        warnings.showwarning = show
-        yield
-
-
-def print_metrics(out: Path, result: TrainResult) -> None:
-    """The held-out metrics table of a trained model."""
-    rows = [{"task": t, **m} for t, m in result.metrics.items()]
-    cli.print_table(f"Reward model {out} (held-out episodes; best epoch {result.best_epoch}/{len(result.history)}; "
-                    f"metrics in {metrics_path(out)})", rows, METRIC_COLUMNS,
-                    caption="r2/spearman '-': the labels are constant there (mse tells the fit)")
 
 
 def entry(argv: Sequence[str] | None = None) -> int:

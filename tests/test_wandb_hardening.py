@@ -114,8 +114,9 @@ def refused_url() -> str:
 
 # --------------------------------------------------------------------------- helpers
 @pytest.fixture
-def data(cartpole_ds: TransitionDataset, workdir: Path) -> Path:
-    cartpole_ds.save(workdir / "data" / "CartPole-v1")
+def data(pendulum_ds: TransitionDataset, workdir: Path) -> Path:
+    # Pendulum: varying labels, so training prints no data warning and logs every epoch
+    pendulum_ds.save(workdir / "data" / "Pendulum-v1")
     return workdir / "data"
 
 
