@@ -19,6 +19,7 @@ from safetensors.torch import save as st_save
 import rlrm
 from rlrm import atomic
 from rlrm.errors import ModelFileError
+from rlrm.formats import check_format
 from rlrm.model.network import CLIP, RewardModel
 
 FORMAT = "rlrm.reward_model"
@@ -102,12 +103,7 @@ def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         desc = None
     if not isinstance(desc, dict):
         raise ModelFileError(f"{path}: a safetensors file, but not an rlrm reward model (no 'rlrm' metadata)")
-    if desc.get("format") != FORMAT:
-        raise ModelFileError(f"{path}: field 'format': expected {FORMAT!r}, got {desc.get('format')!r}")
-    version = desc.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ModelFileError(f"{path}: field 'format_version' is {version!r}; this rlrm ({rlrm.__version__}) reads "
-                             f"up to {FORMAT_VERSION}: upgrade rlrm")
+    check_format(desc, fmt=FORMAT, version=FORMAT_VERSION, where=str(path), error=ModelFileError)
     return desc, header
 
 
