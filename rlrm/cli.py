@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rlrm.errors import RlrmError
+from rlrm.tasks import allow_env_modules, env_module_of
 from rlrm.tracking import WandbOptions
 from rlrm.train.checks import DataWarning
 from rlrm.train.job import metrics_path
@@ -62,6 +63,24 @@ def in_cli_terms(message: str, flags: Mapping[str, str]) -> str:
     if m and m.group(1) in flags:
         return flags[m.group(1)] + message[m.end():]
     return message
+
+
+def add_env_module_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--env-module MODULE`` (repeatable): the only way a ``module:EnvId`` env id may import its module."""
+    parser.add_argument("--env-module", action="append", default=[], metavar="MODULE",
+                        help="import MODULE for module:EnvId env ids (repeatable; a module named only in a file is "
+                             "never imported)")
+
+
+def allow_typed_env_modules(env_modules: Sequence[str], typed_ids: Sequence[str | None] = ()) -> None:
+    """Allow the modules named with ``--env-module`` and those of ``module:EnvId`` ids typed on the command line."""
+    allow_env_modules([*env_modules, *filter(None, (env_module_of(t) for t in typed_ids if t))])
+
+
+def add_trust_agent_file_arg(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--trust-agent-file``: unpickle an agent zip as SB3 does (runs any code it holds)."""
+    parser.add_argument("--trust-agent-file", action="store_true",
+                        help=f"unpickle {what} as SB3 does: runs any code it holds; only for files you trust")
 
 
 def add_wandb_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, what: str = "") -> None:

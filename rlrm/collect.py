@@ -12,7 +12,7 @@ from rlrm.data.rollout import collect, summary_row
 from rlrm.errors import ConfigError
 from rlrm.rl.files import UntrustedAgentFile
 from rlrm.rl.saved import agent_policy
-from rlrm.tasks import allow_env_modules, env_module_of, load_catalog
+from rlrm.tasks import load_catalog
 
 FLAGS = {"policy": "--policy", "steps": "--steps", "out": "--out"}
 
@@ -29,17 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("data"), help="output folder; one dataset per task inside")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--env-module", action="append", default=[], metavar="MODULE",
-                   help="import MODULE for module:EnvId env ids (repeatable; a module named only in a file is never "
-                        "imported)")
-    p.add_argument("--trust-agent-file", action="store_true",
-                   help="unpickle a --policy agent file as SB3 does: runs any code it holds; only for files you trust")
+    cli.add_env_module_args(p)
+    cli.add_trust_agent_file_arg(p, "a --policy agent file")
     cli.add_common_args(p)
     return p
 
 
 def main(args: argparse.Namespace) -> int:
-    allow_env_modules([*args.env_module, *filter(None, map(env_module_of, args.task))])
+    cli.allow_typed_env_modules(args.env_module, args.task)
     catalog = load_catalog(args.tasks_file)
     tasks = catalog.resolve(args.task, args.suite)
     if not tasks:

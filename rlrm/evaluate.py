@@ -21,7 +21,7 @@ from rlrm.rl.evaluation import evaluate_agent
 from rlrm.rl.files import UntrustedAgentFile
 from rlrm.rl.folder import RunFolder
 from rlrm.rl.saved import load_agent_for_eval
-from rlrm.tasks import allow_env_modules, env_module_of, load_catalog
+from rlrm.tasks import load_catalog
 
 FLAGS = {"agent": "--agent", "task": "--task", "reward_model": "--reward-model", "episodes": "--episodes"}
 
@@ -36,11 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=None, help="default: the run's eval episodes, else 10")
     p.add_argument("--seed", type=int, default=None, help="default: the run's evaluation seed, else 12345")
     p.add_argument("--stochastic", action="store_true", help="sample actions instead of deterministic ones")
-    p.add_argument("--env-module", action="append", default=[], metavar="MODULE",
-                   help="import MODULE for module:EnvId env ids (repeatable; a module named only in a file is never "
-                        "imported)")
-    p.add_argument("--trust-agent-file", action="store_true",
-                   help="unpickle the agent file as SB3 does: runs any code it holds; only for files you trust")
+    cli.add_env_module_args(p)
+    cli.add_trust_agent_file_arg(p, "the agent file")
     cli.add_common_args(p)
     return p
 
@@ -48,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     if not args.agent.exists():
         raise ConfigError(f"agent {args.agent}: file not found")
-    allow_env_modules([*args.env_module, *filter(None, map(env_module_of, [args.task] if args.task else []))])
+    cli.allow_typed_env_modules(args.env_module, [args.task])
     folder = RunFolder.of_agent(args.agent)
     task = load_catalog(args.tasks_file).task(args.task) if args.task else None
     if task is None and folder is None:

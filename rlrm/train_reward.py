@@ -10,7 +10,6 @@ from rlrm import cli
 from rlrm.errors import ConfigError
 from rlrm.model.features import INPUTS
 from rlrm.model.network import ModelConfig
-from rlrm.tasks import allow_env_modules
 from rlrm.train.job import train_job
 from rlrm.train.loop import SAMPLING, TrainConfig
 
@@ -40,9 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--activation", default=None, help="default relu")
     p.add_argument("--layer-norm", action="store_true", default=None)
     p.add_argument("--inputs", default=None, help=f"subset of {','.join(INPUTS)} (default: all)")
-    p.add_argument("--env-module", action="append", default=[], metavar="MODULE",
-                   help="import MODULE for datasets of module:EnvId envs (repeatable; their spaces are checked against "
-                        "the env's; a module named only in a file is never imported)")
+    cli.add_env_module_args(p)
     cli.add_wandb_args(p)
     p.add_argument("--no-progress", action="store_true")
     cli.add_common_args(p)
@@ -50,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    allow_env_modules(args.env_module)
+    cli.allow_typed_env_modules(args.env_module)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                       val_frac=args.val_frac, seed=args.seed, sampling=args.sampling, patience=args.patience,
                       freeze_encoder=args.freeze_encoder)
