@@ -161,16 +161,18 @@ def _start(spec: RunSpec, folder: RunFolder, setup: _Setup) -> _Session:
     as they were."""
     normalize = normalize_options(spec.agent)
     shaping = spec.shaping if spec.reward == "learned" else None
-    kept = folder.keep_monitor_logs()
-    venv = make_vec_env(spec.task, spec.agent.n_envs, spec.seed, setup.learned if spec.reward == "learned" else None,
-                        normalize, folder.monitor_dir, shaping=shaping)
 
     def make_eval_env() -> VecEnv:
         # Evaluation always reads the TRUE return (Monitor); the learned return is reported beside it.
         return make_vec_env(spec.task, min(spec.eval_episodes, 5), spec.eval_seed, setup.learned, normalize,
                             training=False, shaping=shaping)
 
+    kept = folder.keep_monitor_logs()
+    venv: VecEnv | None = None
     try:
+        venv = make_vec_env(spec.task, spec.agent.n_envs, spec.seed,
+                            setup.learned if spec.reward == "learned" else None, normalize, folder.monitor_dir,
+                            shaping=shaping)
         resumed = setup.start is not None
         agent = folder.load_checkpoint(venv, spec.agent.algo) if resumed else _new_agent(spec, venv)
         steps = agent.num_timesteps if resumed else 0
@@ -179,14 +181,16 @@ def _start(spec: RunSpec, folder: RunFolder, setup: _Setup) -> _Session:
         evaluator = TrueRewardEval(make_eval_env, spec.eval_episodes, folder.write_evaluations,
                                    sync_normalization, history)
     except BaseException:
-        venv.close()
+        if venv is not None:
+            venv.close()
         folder.restore_monitor_logs(kept)
         raise
+    train_env = venv
     checkpoint_freq = spec.checkpoint_freq or max(spec.agent.n_timesteps // 10, 1000)
     callbacks = [StopOnRequest(setup.stop), LearnedReturnLogger(),
                  *([every(spec.eval_freq, evaluator, steps)] if spec.eval_freq > 0 else []),
-                 AtUpdate(checkpoint_freq, lambda: folder.save_checkpoint(agent, venv), steps)]
-    return _Session(venv, agent, evaluator, make_eval_env, callbacks)
+                 AtUpdate(checkpoint_freq, lambda: folder.save_checkpoint(agent, train_env), steps)]
+    return _Session(train_env, agent, evaluator, make_eval_env, callbacks)
 
 
 def _logger(folder: RunFolder, tracker: Tracker) -> Logger:
