@@ -28,7 +28,6 @@ from rlrm import cli, experiment
 from rlrm.rl.hyperparams import check_spec, default_algo, load_spec, parse_params
 from rlrm.rl.runs import RunInterrupted, train_run
 from rlrm.tasks import load_catalog
-from rlrm.train_reward import print_metrics
 from rlrm.wrappers import RewardShaping
 
 FLAGS = {"output_dir": "--output-dir", "params": "--params", "reward_model": "--reward-model",
@@ -135,7 +134,7 @@ def _main(args: argparse.Namespace, stop: StopRequest) -> int:
         if built.result is None:
             print(f"reusing reward model {built.path}", file=sys.stderr)
         else:
-            print_metrics(built.path, built.result)
+            cli.print_metrics(built.path, built.result)
     rewards = [args.reward] + (["true"] if baseline and args.reward != "true" else [])
     specs = experiment.plan_runs(tasks, reward_model, experiment.PlanOptions(
         algo=args.algo, seeds=args.seed or [0], rewards=rewards, overrides=overrides,
