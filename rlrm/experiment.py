@@ -166,3 +166,10 @@ def table_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def _num(value: Any) -> float:
     """A stored number (``None`` in JSON for NaN) as a float."""
     return float("nan") if value is None else float(value)
+
+
+def constant_heads(model_path: Path) -> set[str]:
+    """Tasks whose learned reward is a constant (their labels were constant in the data, like CartPole's +1): a run
+    on one tests the pipeline, not reward learning."""
+    desc = read_description(model_path)
+    return {name for name, head in desc["tasks"].items() if float(head.get("label_std", 1.0)) == 0.0}

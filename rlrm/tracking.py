@@ -237,6 +237,15 @@ class WandbTracker:
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
         self._shielded("log", lambda: self.run.log(metrics, step=step))
 
+    def step_metric(self, name: str) -> None:
+        """Plot every metric against ``name`` (a key logged with each row, such as SB3's ``global_step``)."""
+
+        def define() -> None:
+            self.run.define_metric(name)
+            self.run.define_metric("*", step_metric=name)
+
+        self._shielded("define_metric", define)
+
     def summary(self, values: dict[str, Any]) -> None:
         def write() -> None:
             for k, v in values.items():

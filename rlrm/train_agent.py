@@ -34,8 +34,11 @@ FLAGS = {"output_dir": "--output-dir", "params": "--params", "reward_model": "--
          "hyperparams_dir": "--hyperparams-dir"}
 
 
+PROG = "python -m rlrm.train_agent"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rlrm.train_agent", description=__doc__,
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("what to train")
     g.add_argument("--task", "--env", dest="tasks", action="append", default=[],
@@ -44,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tasks-file", action="append", default=[], help="extra task/suite yaml")
     g.add_argument("--algo", default=None, help="ppo | sac | a2c | td3 | dqn (default: agents/algos.yaml per env)")
     g.add_argument("--seed", type=int, action="append", default=[], help="seed (repeatable; default 0)")
+    cli.add_env_module_args(g)
     r = p.add_argument_group("reward")
     r.add_argument("--reward", choices=("learned", "true"), default="learned",
                    help="learned (default) or true (the env's own reward: a baseline)")
@@ -103,7 +107,8 @@ def _handling_signals(handler: StopRequest) -> Iterator[None]:
 
 def main(args: argparse.Namespace) -> int:
     stop = StopRequest()
-    with _handling_signals(stop):
+    cli.allow_typed_env_modules(args.env_module, args.tasks)
+    with _handling_signals(stop), cli.show_data_warnings(PROG):
         return _main(args, stop)
 
 
@@ -160,12 +165,20 @@ def _main(args: argparse.Namespace, stop: StopRequest) -> int:
             return 130
         finally:
             stop.armed = False
-    print_results(results, args.eval_episodes, args.output_dir)
+    print_results(results, args.eval_episodes, args.output_dir,
+                  experiment.constant_heads(reward_model) if reward_model is not None else set())
     return 0
 
 
-def print_results(results: list[dict[str, Any]], episodes: int, output_dir: Path) -> None:
-    """The final table: true return (and learned) of every run, the true-reward baseline beside it."""
+CONSTANT_NOTE = "learned reward = constant: this row does not test reward learning"
+
+
+def print_results(results: list[dict[str, Any]], episodes: int, output_dir: Path, constant: set[str]) -> None:
+    """The final table: true return (and learned) of every run, the true-reward baseline beside it.
+
+    :param constant: tasks whose learned reward is a constant (labels constant in the data, like CartPole's +1):
+        their rows say that they do not test reward learning.
+    """
     fmt = cli.fmt
 
     def pm(mean: float | None, std: float | None) -> str:
@@ -175,9 +188,12 @@ def print_results(results: list[dict[str, Any]], episodes: int, output_dir: Path
              "timesteps": r["timesteps"], "true return": pm(r["true_mean"], r["true_std"]),
              "learned return": fmt(r["learned_mean"], 1),
              "baseline true return": pm(r["baseline_mean"], r["baseline_std"]),
-             "train s": f"{r['train_seconds']:.1f}"} for r in experiment.table_rows(results)]
+             "train s": f"{r['train_seconds']:.1f}",
+             "note": CONSTANT_NOTE if r["reward"] == "learned" and r["task"] in constant else ""}
+            for r in experiment.table_rows(results)]
+    columns = [c for c in rows[0] if c != "note" or any(r["note"] for r in rows)] if rows else None
     cli.print_table("Agents evaluated on the TRUE reward "
-                    f"({episodes} deterministic episodes each; results in {output_dir}/results.json)", rows)
+                    f"({episodes} deterministic episodes each; results in {output_dir}/results.json)", rows, columns)
 
 
 def entry(argv: Sequence[str] | None = None) -> int:

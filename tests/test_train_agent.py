@@ -20,7 +20,7 @@ from rlrm.data.rollout import collect
 from rlrm.rl.folder import RunFolder
 from rlrm.tasks import Task
 from rlrm.train.loop import TrainConfig, train_reward_model
-from rlrm.train_agent import entry
+from rlrm.train_agent import CONSTANT_NOTE, entry
 
 os.environ["WANDB_MODE"] = "offline"
 os.environ["WANDB_SILENT"] = "true"
@@ -76,7 +76,7 @@ def test_default_job_trains_a_model_then_agents_and_writes_the_run_folders(
     monkeypatch.chdir(tmp_path)
     rc = entry([*PPO, "-n", "256", "--collect-steps", "500", "--reward-epochs", "2", "--baseline"])
     assert rc == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     model = tmp_path / "runs" / "reward" / "reward_model.safetensors"
     assert model.is_file()  # no --reward-model: one was trained first
 
@@ -110,6 +110,9 @@ def test_default_job_trains_a_model_then_agents_and_writes_the_run_folders(
         assert row["true return"] == f"{r['true_mean']:.1f} ± {r['true_std']:.1f}"
     assert table[0]["baseline true return"] == table[1]["true return"]
     assert table[1]["baseline true return"] == "-"
+    # CartPole's labels are constant: the learned row says it does not test reward learning (#7 §3)
+    assert table[0]["note"] == CONSTANT_NOTE and table[1]["note"] == ""
+    assert f"{PROG}: warning: task 'CartPole-v1'" in err and "constant" in err  # the data warning, one line
 
 
 def test_true_reward_needs_no_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

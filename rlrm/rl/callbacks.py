@@ -19,6 +19,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from rlrm import atomic
 from rlrm.rl.evaluation import evaluate_agent
+from rlrm.tracking import Tracker
 
 
 class LearnedReturnLogger(BaseCallback):
@@ -126,10 +127,11 @@ def every(n_steps: int, callback: BaseCallback, start: int = 0) -> EveryNTimeste
 
 
 class WandbOutput(KVWriter):
-    """An SB3 logger output that sends every dumped key/value straight to a W&B run (no tensorboard sync)."""
+    """An SB3 logger output that sends every dumped key/value straight to W&B (no tensorboard sync), through the
+    tracker, which never lets a W&B failure stop training."""
 
-    def __init__(self, run: Any) -> None:
-        self.run = run
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
 
     def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
         metrics = {}
@@ -141,7 +143,7 @@ class WandbOutput(KVWriter):
                 metrics[key] = float(value)
         if metrics:
             metrics["global_step"] = step
-            self.run.log(metrics)
+            self.tracker.log(metrics)
 
     def close(self) -> None:
         pass

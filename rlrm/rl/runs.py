@@ -197,9 +197,8 @@ def _logger(folder: RunFolder, tracker: Tracker) -> Logger:
     """SB3's logger writing ``progress.csv`` (appended to by a resumed run) and, with W&B, the W&B run."""
     outputs: list[Any] = [ProgressCSV(folder.progress_path)]
     if isinstance(tracker, WandbTracker):
-        tracker.run.define_metric("global_step")
-        tracker.run.define_metric("*", step_metric="global_step")
-        outputs.append(WandbOutput(tracker.run))
+        tracker.step_metric("global_step")
+        outputs.append(WandbOutput(tracker))
     return Logger(str(folder.path), outputs)
 
 
