@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from operator import add as _add
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
@@ -22,8 +23,6 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepR
 from rlrm import spaces as sp
 from rlrm.errors import ConfigError, RewardError
 from rlrm.reward_fn import RewardFn, RewardSource, as_reward_fn
-
-_FOLD = 32  # steps between folds of the float32 learned-return partial sums into float64 (error < 2e-6)
 
 
 @dataclass(frozen=True)
@@ -178,20 +177,16 @@ class VecLearnedReward(VecEnvWrapper):
         self._copy_obs = type(venv) not in (DummyVecEnv, SubprocVecEnv)
         self._obs: Any = None
         self._actions: Any = None
-        # Learned returns: float64 sums, plus the last few steps in float32 (an in-place add of the float32
-        # rewards costs half a mixed-dtype one), folded in every _FOLD steps and at each episode end.
-        self._returns = np.zeros(self.num_envs, dtype=np.float64)
-        self._recent = np.zeros(self.num_envs, dtype=np.float32)
-        self._starts = np.zeros(self.num_envs, dtype=np.int64)  # step count at each env's episode start
+        # Learned returns as Python floats (float64 sums; on a few envs a list is cheaper than an ndarray add)
+        self._returns: list[float] = [0.0] * self.num_envs
+        self._starts: list[int] = [0] * self.num_envs  # step count at each env's episode start
         self._t = 0
-        self._fold_at = _FOLD
 
     def reset(self) -> VecEnvObs:
         obs = self.venv.reset()
         self._obs = _copy(obs) if self._copy_obs else obs
-        self._returns[:] = 0.0
-        self._recent[:] = 0.0
-        self._starts[:] = self._t
+        self._returns = [0.0] * self.num_envs
+        self._starts = [self._t] * self.num_envs
         return obs
 
     def step_async(self, actions: np.ndarray) -> None:
@@ -202,7 +197,8 @@ class VecLearnedReward(VecEnvWrapper):
         # The hot path of every vector step: keep the number of numpy calls small (benchmarks/RESULTS.md).
         obs, true_rewards, dones, infos = self.venv.step_wait()
         t = self._t = self._t + 1
-        ended = dones.nonzero()[0].tolist()
+        done_list = dones.tolist()
+        ended = [i for i, d in enumerate(done_list) if d] if True in done_list else None
         next_obs, terminated = obs, dones
         if ended:
             next_obs = self._with_terminal_obs(obs, infos, ended)
@@ -211,24 +207,24 @@ class VecLearnedReward(VecEnvWrapper):
                 terminated = dones.copy()
                 terminated[truncated] = False
         learned = self.reward_fn(self._obs, self._actions, next_obs, terminated)
+        paid = learned.tolist()
         # finite iff every value is: a Python (float64) sum propagates NaN/inf, and is cheaper than ndarray.sum
-        if not math.isfinite(sum(learned.tolist())):
+        if not math.isfinite(sum(paid)):
             raise _not_finite(learned, self.task)
-        rewards = learned if self.transform.identity else self.transform(learned, true_rewards)
+        if self.transform.identity:
+            rewards = learned
+        else:
+            rewards = self.transform(learned, true_rewards)
+            paid = rewards.tolist()
         for info, true in zip(infos, true_rewards.tolist()):
             info["true_reward"] = true
-        recent = self._recent
-        recent += rewards
+        returns = self._returns = list(map(_add, self._returns, paid))
         if ended:
-            returns, starts = self._returns, self._starts
+            starts = self._starts
             for i in ended:
-                infos[i]["learned_episode"] = {"r": float(returns[i]) + float(recent[i]), "l": t - int(starts[i])}
-                returns[i] = recent[i] = 0.0
+                infos[i]["learned_episode"] = {"r": returns[i], "l": t - starts[i]}
+                returns[i] = 0.0
                 starts[i] = t
-        if t >= self._fold_at:
-            self._returns += recent
-            recent[:] = 0.0
-            self._fold_at = t + _FOLD
         self._obs = _copy(obs) if self._copy_obs else obs
         return obs, rewards, dones, infos
 
