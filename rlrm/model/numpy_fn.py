@@ -27,10 +27,6 @@ from rlrm import spaces as sp
 from rlrm.model.features import InputGroup
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-try:  # the clip ufunc itself: np.clip adds Python-level argument handling to every call
-    from numpy._core.umath import clip as _clip
-except ImportError:  # pragma: no cover - other NumPy layouts
-    _clip = np.clip
 _ARG_INDEX = {"obs": 0, "action": 1, "next_obs": 2, "done": 3}
 
 
@@ -264,7 +260,8 @@ class NumpyRewardFn:
         x = np.ones((n, self.group.dim + 1), dt)
         # bounds over the whole buffer (the ones column too, clipped to 1): one clip of a contiguous array
         low, high = (np.tile(np.r_[b, 1.0].astype(dt), (n, 1)) for b in self._bounds)
-        ops: list[Callable[[], Any]] = [partial(_clip, x, low, high, x)]
+        # a clip as maximum then minimum with out= (cheaper than the clip ufunc; positional out is slow in NumPy 2.4)
+        ops: list[Callable[[], Any]] = [partial(np.maximum, x, low, out=x), partial(np.minimum, x, high, out=x)]
         relu_layers: list[tuple[np.ndarray, ...]] | None = []  # (in, weight, out, zeros) while all are Linear+ReLU
         src = x
         for w, post, on_view in self._layers[:-1]:
@@ -286,7 +283,7 @@ class NumpyRewardFn:
         self._head = head
         fill = _filler(self.group, n, self._x, dt)
         self._run = (_runner(fill, self._ops, head) if relu_layers is None
-                     else _relu_runner(fill, self._ops[0], relu_layers, head))
+                     else _relu_runner(fill, (x, low, high), relu_layers, head))
         self._n = n
 
     def __call__(self, obs: Any, action: Any, next_obs: Any, done: Any) -> np.ndarray:
@@ -326,19 +323,21 @@ def _runner(fill: Callable[..., bool], ops: tuple[Callable[[], Any], ...],
     return run
 
 
-def _relu_runner(fill: Callable[..., bool], clip: partial, layers: list[tuple[np.ndarray, ...]],
+def _relu_runner(fill: Callable[..., bool], bounds: tuple[np.ndarray, np.ndarray, np.ndarray],
+                 layers: list[tuple[np.ndarray, ...]],
                  head: partial) -> Callable[..., np.ndarray | None]:
     """:func:`_runner` for an MLP of Linear+ReLU layers (the default): a plain loop of ``np.dot`` and
     ``np.maximum`` calls, cheaper per layer than calling prebuilt partials."""
     h_dot, wh, cast = head.args
-    x, low, high = clip.args[:3]
-    maximum, f32 = np.maximum, np.float32
+    x, low, high = bounds
+    maximum, minimum, f32 = np.maximum, np.minimum, np.float32
     steps = tuple(layers)
 
     def run(obs: Any, action: Any, next_obs: Any, done: Any) -> np.ndarray | None:
         if not fill(obs, action, next_obs, done):
             return None
-        _clip(x, low, high, x)
+        maximum(x, low, out=x)
+        minimum(x, high, out=x)
         for dot, w, o, z in steps:
             dot(w, o)
             maximum(o, z, out=o)
