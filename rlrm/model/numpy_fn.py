@@ -7,8 +7,9 @@ input standardization into the first layer and the label scale into the head, co
 float32 like the torch model (float64 when the folding would lose precision, see ``_choose_dtype``)
 with preallocated buffers, and matches :meth:`RewardModel.predict` within 1e-5.
 
-At ~0.5-1 us per NumPy call on a few rows, the number of calls is the cost: for a batch size it has
-seen, a call is one features fill (one ``np.concatenate`` into a preallocated buffer), one clip, then a fixed
+On a few rows each NumPy call costs far more than its arithmetic, so the number of calls is the cost
+(benchmarks/RESULTS.md): for a batch size it has seen, a call is one features fill (view assignments into a
+preallocated buffer), one clip (a maximum and a minimum), then a fixed
 list of prebuilt operations (``np.dot`` into contiguous buffers, in-place activations), then the head's
 matrix-vector ``np.dot``, whose fresh output is the result.
 """
@@ -182,7 +183,7 @@ def _choose_dtype(mean: np.ndarray, std: np.ndarray, dtype: str) -> np.dtype:
     Folding ``(x - mean) / std`` into the first layer computes ``x / std`` and ``mean / std`` separately;
     in float32 their rounding (~6e-8 of each) stays well inside 1e-5 of the torch result only while
     ``|mean| / std`` is moderate (measured in ``tests/test_model.py``). Past that (an almost constant
-    feature with an offset, say), float64 keeps the folded sum exact, at ~1.5 us more per call.
+    feature with an offset, say), float64 keeps the folded sum exact, at a small cost per call.
     """
     if dtype not in ("auto", "float32", "float64"):
         raise ValueError(f"dtype must be 'auto', 'float32' or 'float64', got {dtype!r}")
@@ -266,7 +267,7 @@ class NumpyRewardFn:
         src = x
         for w, post, on_view in self._layers[:-1]:
             out = np.ones((n, w.shape[1]), dt)
-            # a bound ndarray.dot into a contiguous buffer: ~0.15 us less per call than np.dot, far less than matmul
+            # a bound ndarray.dot into a contiguous buffer: cheaper per call than np.dot, far cheaper than matmul
             ops.append(partial(src.dot, w, out))
             view = out[:, :-1] if on_view else out
             for op in post:
