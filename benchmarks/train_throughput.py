@@ -52,7 +52,7 @@ def datasets(data_dir: Path, steps: int) -> list[TransitionDataset]:
         if (path / "manifest.json").exists():
             out.append(TransitionDataset.load(path))
             continue
-        ds = collect(Task(name, name), steps, "random", n_envs=8, seed=1000 + i, progress=False)
+        ds = collect(Task(name, name), steps, n_envs=8, seed=1000 + i, progress=False)
         ds.save(path)
         out.append(ds)
     return out
@@ -169,7 +169,7 @@ def bench_load(data_dir: Path, n: int, repeats: int) -> tuple[Path, dict[str, li
     path = data_dir / f"Pendulum-v1_{n}"
     if not (path / "manifest.json").exists():
         t0 = time.perf_counter()
-        collect(Task("Pendulum-v1", "Pendulum-v1"), n, "random", n_envs=8, seed=0, progress=False).save(path)
+        collect(Task("Pendulum-v1", "Pendulum-v1"), n, n_envs=8, seed=0, progress=False).save(path)
         print(f"collected and saved {n:,} Pendulum-v1 transitions in {time.perf_counter() - t0:.1f} s -> {path}")
     times: dict[str, list[float]] = {"load": [], "load(mmap=True)": [], "of which validate": []}
     TransitionDataset.load(path)  # warm the page cache

@@ -110,6 +110,12 @@ def test_collect_rejects_non_positive_budgets(catalog, steps: int, n_envs: int) 
         collect(catalog.task("CartPole-v1"), steps, n_envs=n_envs, progress=False)
 
 
+def test_collect_takes_a_policy_callable_not_a_spec_string(catalog) -> None:
+    # a spec like "random" or "agent.zip" is the CLI's business (rlrm.rl.saved.agent_policy builds the callable)
+    with pytest.raises(ConfigError, match="policy: expected a callable"):
+        collect(catalog.task("CartPole-v1"), 10, "random", n_envs=2, progress=False)  # type: ignore[arg-type]
+
+
 def test_collect_dict_observations(dict_ds: TransitionDataset) -> None:
     ds = dict_ds
     assert len(ds) == 150

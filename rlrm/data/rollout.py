@@ -45,6 +45,9 @@ def collect(task: Task, steps: int, policy: Policy | None = None, n_envs: int = 
     """
     if steps <= 0 or n_envs <= 0:
         raise ConfigError(f"steps and n_envs must be positive, got steps={steps}, n_envs={n_envs}")
+    if policy is not None and not callable(policy):
+        raise ConfigError(f"policy: expected a callable (obs batch -> action batch) or None for random actions, got "
+                          f"{type(policy).__name__} {policy!r}")
     try:
         venv = DummyVecEnv([lambda: task.make_env() for _ in range(n_envs)])
     except NotImplementedError as err:  # SB3 vector envs reject Dict/Tuple spaces nested in Dict/Tuple
