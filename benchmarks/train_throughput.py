@@ -39,7 +39,7 @@ from rlrm.data.dataset import TransitionDataset
 from rlrm.data.rollout import collect
 from rlrm.model.network import ModelConfig, RewardModel
 from rlrm.tasks import Task
-from rlrm.train.loop import TrainConfig, train_reward_model
+from rlrm.train.loop import TrainConfig, split_seed, train_reward_model
 
 TASKS = ["CartPole-v1", "Acrobot-v1", "Pendulum-v1", "MountainCarContinuous-v0"]
 
@@ -62,12 +62,15 @@ class BareLoop:
     """A minimal loop over the same model config and feature tensors as the trainer."""
 
     def __init__(self, dss: list[TransitionDataset], cfg: TrainConfig, extras: tuple[str, ...] = ()) -> None:
+        # like the trainer, leave out tasks whose labels are constant (they predict their mean and take no part in
+        # the loss): the same work per step on both sides
+        dss = [ds for ds in dss if float(np.std(ds.label)) > 1e-8]
         self.dss, self.cfg, self.extras = dss, cfg, set(extras)
         probe = RewardModel(ModelConfig())
         self.x, self.y, self.names = [], [], []
-        for i, ds in enumerate(dss):  # the trainer's split and features
+        for ds in dss:  # the trainer's split and features
             probe.add_task(ds.task, ds.obs_space, ds.action_space)
-            train, _ = ds.split_by_episode(cfg.val_frac, seed=cfg.seed + i)
+            train, _ = ds.split_by_episode(cfg.val_frac, seed=split_seed(ds.task.name, cfg.seed))
             self.x.append(torch.from_numpy(probe.features(ds.task.name, train.obs, train.action, train.next_obs,
                                                           train.terminated)))
             self.y.append(torch.from_numpy(np.asarray(train.label)))
@@ -133,7 +136,7 @@ class BareLoop:
 def bench_training(dss: list[TransitionDataset], rounds: int, epochs: int) -> dict[str, list[float]]:
     """``train_reward_model`` and the bare loop, alternating (the order flips every round)."""
     cfg = TrainConfig(epochs=epochs, batch_size=256, patience=0, seed=0)
-    n_train = sum(len(ds.split_by_episode(cfg.val_frac, seed=cfg.seed + i)[0]) for i, ds in enumerate(dss))
+    n_train = sum(len(ds.split_by_episode(cfg.val_frac, seed=split_seed(ds.task.name, cfg.seed))[0]) for ds in dss)
     steps = epochs * max(1, math.ceil(n_train / cfg.batch_size))  # the trainer's step count
     bare = BareLoop(dss, cfg)
     bare.run(20)  # warm-up
