@@ -44,16 +44,25 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "runs" / "ppo" / "CartPole-v1_1"
 
 
-def _expected(agent_path: Path, model_path: Path | None, episodes: int, seed: int = 12345) -> dict:
-    """What the CLI should report: the deterministic evaluation it runs, done here by the library."""
-    learned = rm.load(model_path).reward_fn("CartPole-v1") if model_path else None
-    venv = make_vec_env(CARTPOLE, min(episodes, 5), seed, learned, None, training=False)
+def _library_eval(agent_path: Path, task: Task, episodes: int, seed: int, model_path: Path | None = None,
+                  stats: Path | None = None) -> dict:
+    """The deterministic evaluation the CLI should report, done here by the library (``stats``: the run's
+    VecNormalize statistics)."""
+    learned = rm.load(model_path).reward_fn(task.name) if model_path else None
+    venv = make_vec_env(task, min(episodes, 5), seed, learned, {"gamma": 0.99} if stats else None, training=False)
+    if stats is not None:
+        load_vecnormalize(venv, stats)
     agent = load_agent(agent_path, algo="ppo", env=venv, for_training=False)
     venv.seed(seed)
     try:
         return evaluate_agent(agent, venv, episodes).summary()
     finally:
         venv.close()
+
+
+def _expected(agent_path: Path, model_path: Path | None, episodes: int, seed: int = 12345) -> dict:
+    """What the CLI should report for the CartPole run."""
+    return _library_eval(agent_path, CARTPOLE, episodes, seed, model_path)
 
 
 def _table_row(out: str, task: str = "CartPole-v1") -> str:
@@ -203,16 +212,7 @@ def normalized_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _pendulum_eval(agent_path: Path, stats: Path | None, seed: int, episodes: int = 2) -> dict:
     """The evaluation of an agent of the normalized run, with or without its statistics, done by the library."""
-    task = Task("Pendulum-v1", "Pendulum-v1")
-    venv = make_vec_env(task, episodes, seed, None, {"gamma": 0.99} if stats else None, training=False)
-    if stats is not None:
-        load_vecnormalize(venv, stats)
-    agent = load_agent(agent_path, algo="ppo", env=venv, for_training=False)
-    venv.seed(seed)
-    try:
-        return evaluate_agent(agent, venv, episodes).summary()
-    finally:
-        venv.close()
+    return _library_eval(agent_path, Task("Pendulum-v1", "Pendulum-v1"), episodes, seed, stats=stats)
 
 
 def test_a_checkpoint_is_evaluated_with_its_normalization_statistics(
