@@ -14,7 +14,7 @@ from rlrm.rl.files import UntrustedAgentFile
 from rlrm.rl.saved import agent_policy
 from rlrm.tasks import load_catalog
 
-FLAGS = {"policy": "--policy", "steps": "--steps", "out": "--out"}
+FLAGS = {"policy": "--policy", "agent": "--policy", "steps": "--steps", "out": "--out"}
 
 
 def build_parser() -> argparse.ArgumentParser:
