@@ -6,6 +6,7 @@ On disk a dataset is a directory::
     obs.npy ...         one .npy per field; Dict/Tuple spaces store one file per leaf (obs.pos.npy)
     action.npy  next_obs.npy  terminated.npy  truncated.npy  label.npy  env_reward.npy
     episode.npy (int64)  step.npy (int32)
+    episode_seed.npy (int64, optional)  the reset seed of each row's episode; absent: cannot replay
 
 Rows are sorted by (episode, step). Arrays are plain ``.npy`` read with ``allow_pickle=False``. Labels are
 finite numbers, and so are the observations and actions of Box spaces.
@@ -44,6 +45,8 @@ class TransitionDataset:
 
     ``obs``/``action``/``next_obs`` are batches (arrays with a leading axis; dicts/tuples of them for
     Dict/Tuple spaces). ``label`` is what the reward model learns; ``env_reward`` is the env's own reward.
+    ``episode_seed`` (optional, int64 per row, the same within an episode) is the seed its episode was reset
+    with: ``env.reset(seed=...)`` plus the stored actions replays it. ``None``: the episode cannot be replayed.
     """
 
     task: Task
@@ -60,6 +63,7 @@ class TransitionDataset:
     step: np.ndarray
     label_source: str = "env"
     info: dict[str, Any] = field(default_factory=dict)
+    episode_seed: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.label)
@@ -79,14 +83,18 @@ class TransitionDataset:
     def from_arrays(cls, task: Task, obs_space: spaces.Space, action_space: spaces.Space, *, obs: sp.Batch,
                     action: sp.Batch, next_obs: sp.Batch, terminated: Any, truncated: Any, episode: Any, step: Any,
                     env_reward: Any = None, label: Any = None, label_source: str = "env",
-                    info: dict[str, Any] | None = None) -> TransitionDataset:
-        """Build, sort by (episode, step) and validate a dataset from arrays."""
+                    info: dict[str, Any] | None = None, episode_seed: Any = None) -> TransitionDataset:
+        """Build, sort by (episode, step) and validate a dataset from arrays.
+
+        :param episode_seed: optional per-row reset seed of the row's episode (see the class doc).
+        """
         n = len(np.asarray(terminated))
         env_reward = np.zeros(n, np.float32) if env_reward is None else np.asarray(env_reward, np.float32)
         label = env_reward.reshape(-1).copy() if label is None else check_labels(label, n, "<memory>: field 'label'")
         ds = cls(task, obs_space, action_space, obs, action, next_obs, np.asarray(terminated, bool),
                  np.asarray(truncated, bool), label, env_reward.reshape(-1),
-                 np.asarray(episode, np.int64), np.asarray(step, np.int32), label_source, dict(info or {}))
+                 np.asarray(episode, np.int64), np.asarray(step, np.int32), label_source, dict(info or {}),
+                 None if episode_seed is None else np.asarray(episode_seed, np.int64))
         order = np.lexsort((ds.step, ds.episode))
         if not np.all(order[1:] >= order[:-1]):
             ds = ds.subset(order)
@@ -98,7 +106,8 @@ class TransitionDataset:
         return replace(self, obs=sp.select(self.obs, index), action=sp.select(self.action, index),
                        next_obs=sp.select(self.next_obs, index), terminated=self.terminated[index],
                        truncated=self.truncated[index], label=self.label[index], env_reward=self.env_reward[index],
-                       episode=self.episode[index], step=self.step[index])
+                       episode=self.episode[index], step=self.step[index],
+                       episode_seed=None if self.episode_seed is None else self.episode_seed[index])
 
     def with_labels(self, label: Any, source: str) -> TransitionDataset:
         """A copy with new labels, checked by :func:`check_labels` (numbers, shape ``(n,)``, finite)."""
@@ -138,6 +147,8 @@ class TransitionDataset:
                             ("env_reward", self.env_reward), ("episode", self.episode), ("step", self.step)):
             if np.shape(value) != (n,):
                 raise DatasetError(f"{where}: field {name!r}: expected shape ({n},), got {np.shape(value)}")
+        if self.episode_seed is not None:
+            _check_episode_seed(where, self.episode_seed, self.episode, n)
         for prefix, space, batch in (("obs", self.obs_space, self.obs), ("action", self.action_space, self.action),
                                      ("next_obs", self.obs_space, self.next_obs)):
             try:
@@ -192,6 +203,8 @@ class TransitionDataset:
             arrays.update(sp.split(self.obs_space, self.next_obs, "next_obs"))
             for name, dtype in SCALAR_FIELDS.items():
                 arrays[name] = np.asarray(getattr(self, name), dtype=dtype)
+            if self.episode_seed is not None:
+                arrays["episode_seed"] = np.asarray(self.episode_seed, dtype=np.int64)
             for name, arr in arrays.items():
                 arr = np.ascontiguousarray(arr)
                 _save_npy(tmp / f"{name}.npy", arr)
@@ -227,6 +240,8 @@ class TransitionDataset:
             raise DatasetError(f"{path / MANIFEST}: {err}") from None
         names = [leaf for s, p in ((obs_space, "obs"), (action_space, "action"), (obs_space, "next_obs"))
                  for leaf, _ in sp.leaves(s, p)] + list(SCALAR_FIELDS)
+        if "episode_seed" in fields:  # optional: datasets written before it (or by hand) cannot be replayed
+            names.append("episode_seed")
         arrays: dict[str, np.ndarray] = {}
         for name in names:
             if name not in fields:
@@ -241,7 +256,8 @@ class TransitionDataset:
             if len(arr) != n:
                 raise DatasetError(f"{file}: field {name!r} has {len(arr)} rows, manifest says {n}")
             arrays[name] = arr
-        for name, dtype in SCALAR_FIELDS.items():
+        dtypes = {**SCALAR_FIELDS, **({"episode_seed": np.int64} if "episode_seed" in arrays else {})}
+        for name, dtype in dtypes.items():
             if arrays[name].dtype != np.dtype(dtype):
                 raise DatasetError(f"{path / fields[name]['file']}: field {name!r}: expected dtype "
                                    f"{np.dtype(dtype)}, got {arrays[name].dtype}")
@@ -249,7 +265,7 @@ class TransitionDataset:
                  sp.join(action_space, arrays, "action"), sp.join(obs_space, arrays, "next_obs"),
                  arrays["terminated"], arrays["truncated"], arrays["label"], arrays["env_reward"],
                  arrays["episode"], arrays["step"], str(manifest.get("label_source", "env")),
-                 dict(manifest.get("info") or {}))
+                 dict(manifest.get("info") or {}), arrays.get("episode_seed"))
         ds.validate(where)
         return ds
 
@@ -276,6 +292,21 @@ def check_labels(label: Any, n: int, what: str, episode: np.ndarray | None = Non
         raise error(f"{what}: {int(bad.sum())} non-finite value(s) (NaN/inf, or beyond float32's range), first at "
                     f"row {i}{at}; labels must be finite")
     return arr
+
+
+def _check_episode_seed(where: str, seed: np.ndarray, episode: np.ndarray, n: int) -> None:
+    if np.shape(seed) != (n,):
+        raise DatasetError(f"{where}: field 'episode_seed': expected shape ({n},), got {np.shape(seed)}")
+    if np.asarray(seed).dtype.kind not in "iu":
+        raise DatasetError(f"{where}: field 'episode_seed': expected integers, got dtype {np.asarray(seed).dtype}")
+    if n > 1:
+        bad = (episode[1:] == episode[:-1]) & (seed[1:] != seed[:-1])
+        if bad.any():
+            i = int(np.argmax(bad)) + 1
+            raise DatasetError(f"{where}: field 'episode_seed': episode {episode[i]} has seeds {seed[i - 1]} and "
+                               f"{seed[i]}; expected one seed per episode")
+    if n and np.min(seed) < 0:
+        raise DatasetError(f"{where}: field 'episode_seed': found {np.min(seed)}; expected seeds >= 0")
 
 
 def check_target(path: str | os.PathLike) -> None:

@@ -2,6 +2,10 @@
 
 A behaviour policy is any callable ``obs batch -> action batch`` (:data:`Policy`); building one from a saved
 agent lives with the RL code (``rlrm.rl.files.agent_policy``).
+
+Every episode starts from ``env.reset(seed=episode_seed(seed, episode))`` and the seed is stored per transition
+(``TransitionDataset.episode_seed``), so an episode can be replayed from its seed and stored actions
+(:func:`replay_episode`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from tqdm.auto import tqdm
 from rlrm import spaces as sp
 from rlrm.data import labels as labelers
 from rlrm.data.dataset import TransitionDataset
-from rlrm.errors import ConfigError, SpaceError
+from rlrm.errors import ConfigError, DatasetError, SpaceError
 from rlrm.tasks import Task
 
 Policy = Callable[[sp.Batch], np.ndarray]
@@ -34,6 +38,21 @@ def _copy_space(space: spaces.Space) -> spaces.Space:
     return sp.space_from_json(sp.space_to_json(space))
 
 
+def episode_seed(seed: int, episode: int) -> int:
+    """The reset seed of episode ``episode`` of a collection run with ``seed``: a 32-bit number drawn from
+    ``numpy.random.SeedSequence(seed, spawn_key=(episode,))``, so nearby seeds/episodes give unrelated streams."""
+    return int(np.random.SeedSequence(seed, spawn_key=(episode,)).generate_state(1, np.uint32)[0])
+
+
+def _reset_with_seed(venv: DummyVecEnv, i: int, seed: int, obs_space: spaces.Space, batch: sp.Batch) -> None:
+    """Reset sub-env ``i`` with ``seed`` and write its first observation into row ``i`` of ``batch`` (in place);
+    this replaces the unseeded auto-reset of SB3's ``DummyVecEnv``."""
+    first, _ = venv.envs[i].reset(seed=seed)
+    one = sp.split(obs_space, sp.add_batch_dim(obs_space, first), "obs")
+    for name, arr in sp.split(obs_space, batch, "obs").items():
+        arr[i] = one[name][0]
+
+
 def collect(task: Task, steps: int, policy: Policy | None = None, n_envs: int = 8, seed: int = 0,
             labeler: str | None = None, progress: bool = True, policy_name: str | None = None) -> TransitionDataset:
     """Collect ``steps`` transitions of ``task`` and label them.
@@ -45,6 +64,8 @@ def collect(task: Task, steps: int, policy: Policy | None = None, n_envs: int = 
     """
     if steps <= 0 or n_envs <= 0:
         raise ConfigError(f"steps and n_envs must be positive, got steps={steps}, n_envs={n_envs}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed: expected a non-negative integer, got {seed!r}")
     if policy is not None and not callable(policy):
         raise ConfigError(f"policy: expected a callable (obs batch -> action batch) or None for random actions, got "
                           f"{type(policy).__name__} {policy!r}")
@@ -68,10 +89,12 @@ def collect(task: Task, steps: int, policy: Policy | None = None, n_envs: int = 
 
         scalars = {k: np.zeros(total, dt) for k, dt in (("terminated", bool), ("truncated", bool),
                                                         ("env_reward", np.float32), ("episode", np.int64),
-                                                        ("step", np.int32))}
-        venv.seed(seed)
+                                                        ("step", np.int32), ("episode_seed", np.int64))}
         obs = venv.reset()
         episode = np.arange(n_envs, dtype=np.int64)
+        seeds = np.array([episode_seed(seed, i) for i in range(n_envs)], dtype=np.int64)
+        for i in range(n_envs):
+            _reset_with_seed(venv, i, int(seeds[i]), obs_space, obs)
         next_episode = n_envs
         step = np.zeros(n_envs, dtype=np.int32)
         for t in tqdm(range(n_iter), desc=f"collect {task.name}", unit_scale=n_envs, unit="step",
@@ -91,9 +114,12 @@ def collect(task: Task, steps: int, policy: Policy | None = None, n_envs: int = 
             scalars["env_reward"][rows] = rewards
             scalars["episode"][rows] = episode
             scalars["step"][rows] = step
+            scalars["episode_seed"][rows] = seeds
             step += 1
             for i in np.flatnonzero(dones):
                 episode[i] = next_episode
+                seeds[i] = episode_seed(seed, next_episode)
+                _reset_with_seed(venv, i, int(seeds[i]), obs_space, next_obs)
                 next_episode += 1
                 step[i] = 0
             obs = next_obs
@@ -114,3 +140,35 @@ def summary_row(ds: TransitionDataset) -> dict[str, Any]:
     return {"task": ds.task.name, "transitions": len(ds), "episodes": ds.n_episodes,
             "label_source": ds.label_source, "label_mean": float(ds.label.mean()) if len(ds) else float("nan"),
             "label_std": float(ds.label.std()) if len(ds) else float("nan")}
+
+
+def replay_episode(ds: TransitionDataset, episode: int, env: Any = None) -> tuple[sp.Batch, sp.Batch]:
+    """Replay one stored episode: ``env.reset(seed=its episode_seed)``, then its stored actions in order.
+
+    :param env: a Gymnasium env of the dataset's task (e.g. made with ``render_mode="rgb_array"`` to draw
+        frames between steps is the caller's business); ``None``: ``ds.task.make_env()``, closed afterwards.
+    :return: ``(obs, next_obs)`` batches row-aligned with the episode's rows of ``ds``.
+    :raises DatasetError: the dataset has no episode seeds, or no such episode.
+    """
+    if ds.episode_seed is None:
+        raise DatasetError(f"task {ds.task.name!r}: the dataset has no field 'episode_seed' (collected before rlrm "
+                           "stored reset seeds, or built from arrays without them); its episodes cannot be replayed")
+    rows = np.flatnonzero(ds.episode == episode)
+    if not len(rows):
+        raise DatasetError(f"task {ds.task.name!r}: episode {episode} not in the dataset (episodes "
+                           f"{int(ds.episode.min()) if len(ds) else '-'}..{int(ds.episode.max()) if len(ds) else '-'})")
+    own = env is None
+    env = ds.task.make_env() if own else env
+    try:
+        actions = sp.select(ds.action, rows)
+        first, _ = env.reset(seed=int(ds.episode_seed[rows[0]]))
+        seen = [first]
+        for k in range(len(rows)):
+            action = actions[k] if isinstance(actions, np.ndarray) else sp.select(actions, k)
+            obs, *_ = env.step(action)
+            seen.append(obs)
+    finally:
+        if own:
+            env.close()
+    batch = sp.stack(ds.obs_space, seen)
+    return sp.select(batch, slice(0, len(rows))), sp.select(batch, slice(1, len(rows) + 1))
