@@ -7,6 +7,9 @@ A task file looks like::
       Pendulum-v1/upright:                         # another task on the same env, labeled by your function
         env_id: Pendulum-v1
         labeler: python:my_pkg.rewards:upright     # (see examples/label_your_own_transitions.py)
+    CartPole-v1/x=0.5:                           # a shipped reward function (rlrm.rewards), applied online too
+        env_id: CartPole-v1
+        labeler: rlrm:cartpole_position(target=0.5)
     suites:
       classic: [CartPole-v1, Pendulum-v1]
 """
@@ -24,7 +27,9 @@ from typing import Any
 import gymnasium as gym
 import yaml
 
-from rlrm.errors import TaskError
+import rlrm.gym_envs  # noqa: F401  (registers the rlrm/ envs, so gym.make("rlrm/PointGoal-v0") works)
+from rlrm import rewards
+from rlrm.errors import LabelError, TaskError
 from rlrm.resources import data_dir
 
 TASK_KEYS = {"env_id", "env_kwargs", "labeler", "max_episode_steps", "description"}
@@ -37,7 +42,8 @@ class Task:
     :param name: unique name; defaults to the env id.
     :param env_id: a registered Gymnasium id (``module:Id`` imports ``module`` first).
     :param env_kwargs: keyword arguments for ``gymnasium.make``.
-    :param labeler: ``env`` (the env's own reward), ``python:pkg.mod:func`` or ``file:PATH``.
+    :param labeler: ``env`` (the env's own reward), ``rlrm:NAME(key=value, ...)`` (a reward function shipped in
+        :mod:`rlrm.rewards`), ``python:pkg.mod:func`` or ``file:PATH``.
     :param max_episode_steps: optional time limit override.
     """
 
@@ -49,13 +55,22 @@ class Task:
     description: str = ""
 
     def make_env(self, **kwargs: Any) -> gym.Env:
-        """Create the env (``render_mode`` etc. may be passed through ``kwargs``)."""
+        """Create the env (``render_mode`` etc. may be passed through ``kwargs``).
+
+        For an ``rlrm:`` labeler the env's reward is replaced by the labeler applied online
+        (:class:`rlrm.rewards.online.TaskReward`; the env's own reward goes to ``info["env_reward"]``), so a
+        Monitor around it records the task's true return."""
         ensure_registered(self.env_id)
         _route_mujoco_warnings(self.env_id)
         options = {**self.env_kwargs, **kwargs}
         if self.max_episode_steps is not None:
             options["max_episode_steps"] = self.max_episode_steps
-        return gym.make(self.env_id, **options)
+        env = gym.make(self.env_id, **options)
+        if self.labeler.startswith(rewards.PREFIX):
+            from rlrm.rewards.online import TaskReward
+
+            env = TaskReward(env, rewards.reward_function(self.labeler), self.labeler)
+        return env
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly description (stored in datasets, models and run folders)."""
@@ -133,7 +148,8 @@ def _import_env_module(module: str, env_id: str) -> None:
 def ensure_registered(env_id: str) -> None:
     """Raise :class:`TaskError` if ``env_id`` is not a known Gymnasium id (with Gymnasium's reason: unknown,
     deprecated, which versions exist). A ``module:EnvId`` id imports its module only if it is already imported or
-    allowed by :func:`allow_env_modules`."""
+    allowed by :func:`allow_env_modules`. The ``rlrm/`` ids (:mod:`rlrm.gym_envs`) are registered when this
+    module is imported."""
     module = env_module_of(env_id)
     if module is not None:
         _import_env_module(module, env_id)
@@ -155,9 +171,14 @@ def _parse_task(name: str, body: Any, where: str) -> Task:
     if not isinstance(env_kwargs, dict):
         raise TaskError(f"{where}: task {name!r}: field 'env_kwargs' must be a mapping")
     labeler = str(body.get("labeler", "env"))
-    if not (labeler == "env" or labeler.startswith(("python:", "file:"))):
-        raise TaskError(f"{where}: task {name!r}: field 'labeler' must be 'env', 'python:module:function' "
-                        f"or 'file:PATH', got {labeler!r}")
+    if not (labeler == "env" or labeler.startswith(("python:", "file:", rewards.PREFIX))):
+        raise TaskError(f"{where}: task {name!r}: field 'labeler' must be 'env', 'rlrm:NAME(key=value, ...)', "
+                        f"'python:module:function' or 'file:PATH', got {labeler!r}")
+    if labeler.startswith(rewards.PREFIX):
+        try:
+            rewards.reward_function(labeler)
+        except LabelError as err:
+            raise TaskError(f"{where}: task {name!r}: field 'labeler': {err}") from None
     mes = body.get("max_episode_steps")
     return Task(name=str(name), env_id=str(body.get("env_id", name)), env_kwargs=dict(env_kwargs),
                 labeler=labeler, max_episode_steps=int(mes) if mes is not None else None,

@@ -1,13 +1,17 @@
 """Labelers: where a transition's label comes from.
 
 - ``env``: the env's own reward (the oracle), recorded at collection time.
+- ``rlrm:NAME(key=value, ...)``: a reward function shipped in :mod:`rlrm.rewards` (e.g.
+  ``rlrm:cartpole_position(target=0.5)``), applied to the dataset's (obs, action, next_obs, terminated).
 - ``python:package.module:function``: ``function(ds: TransitionDataset) -> array of shape (n,)``,
   called once on the whole batch (vectorize it).
 - ``file:PATH``: human/external labels from CSV (header ``episode,step,label``) or JSONL
   (``{"episode": 0, "step": 3, "label": 0.5}`` per line), matched to transitions by (episode, step).
   The file is UTF-8 (a byte-order mark, as Excel writes, is fine). ``episode`` and ``step`` are integers
   written as such: ``0.7``, ``3.0`` and ``true`` are refused, not rounded. ``label`` is a number (JSON: not a
-  string, not ``true``/``false``), finite within float32's range.
+  string, not ``true``/``false``), finite within float32's range. The file may label only some transitions:
+  the others are dropped from the labeled dataset (an error only when it labels none). A row that matches no
+  transition, or a duplicate row, is an error.
 
 Every labeler's output goes through :func:`rlrm.data.dataset.check_labels` (numbers, shape ``(n,)``, finite).
 """
@@ -26,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from rlrm import rewards
 from rlrm.data.dataset import TransitionDataset, check_labels
 from rlrm.errors import LabelError
 
@@ -34,14 +39,29 @@ _CSV_INT = re.compile(r"\s*[+-]?\d+\s*")
 
 
 def apply(ds: TransitionDataset, spec: str) -> TransitionDataset:
-    """Return ``ds`` labeled by ``spec`` (see module doc); raise :class:`LabelError` on bad labels."""
+    """Return ``ds`` labeled by ``spec`` (see module doc); raise :class:`LabelError` on bad labels.
+
+    A ``file:`` labeler that labels only some transitions returns only those (``ds.subset`` of the labeled rows).
+    """
     if spec == "env":
         return ds.with_labels(ds.env_reward.copy(), "env")
+    if spec.startswith(rewards.PREFIX):
+        fn = rewards.reward_function(spec)
+        return label_with(ds, lambda d: fn(d.obs, d.action, d.next_obs, d.terminated), spec)
     if spec.startswith("python:"):
         return label_with(ds, load_callable(spec[len("python:"):]), spec)
     if spec.startswith("file:"):
-        return _checked(ds, read_label_file(Path(spec[len("file:"):]), ds), spec)
-    raise LabelError(f"unknown labeler {spec!r}: expected 'env', 'python:module:function' or 'file:PATH'")
+        path = Path(spec[len("file:"):])
+        labels = read_label_file(path, ds)
+        labeled = ~np.isnan(labels)
+        if not labeled.any():
+            raise LabelError(f"{path}: no row labels a transition of task {ds.task.name!r}; expected "
+                             "episode,step,label rows")
+        if labeled.all():
+            return _checked(ds, labels, spec)
+        return _checked(ds.subset(np.flatnonzero(labeled)), labels[labeled], spec)
+    raise LabelError(f"unknown labeler {spec!r}: expected 'env', 'rlrm:NAME(key=value, ...)', "
+                     "'python:module:function' or 'file:PATH'")
 
 
 def label_with(ds: TransitionDataset, fn: Callable[[TransitionDataset], np.ndarray],
@@ -78,9 +98,10 @@ def load_callable(target: str) -> Callable[[TransitionDataset], np.ndarray]:
 
 
 def read_label_file(path: Path, ds: TransitionDataset) -> np.ndarray:
-    """Labels for every transition of ``ds`` from a CSV/JSONL file keyed by (episode, step).
+    """Labels for the transitions of ``ds`` from a CSV/JSONL file keyed by (episode, step).
 
-    A row that matches no transition, a duplicate row, or a transition without a row is an error.
+    :return: shape ``(len(ds),)``, NaN for a transition without a row (labels themselves are finite).
+    :raise LabelError: a row that matches no transition, a duplicate row, or a non-finite label.
     """
     index = {key: i for i, key in enumerate(zip(ds.episode.tolist(), ds.step.tolist()))}
     labels = np.full(len(ds), np.nan)
@@ -94,11 +115,6 @@ def read_label_file(path: Path, ds: TransitionDataset) -> np.ndarray:
             raise LabelError(f"{path}:{line}: field 'label': expected a finite number (within float32's range), "
                              f"got {value}")
         labels[i] = value
-    missing = np.isnan(labels)
-    if missing.any():
-        i = int(np.argmax(missing))
-        raise LabelError(f"{path}: {int(missing.sum())} transition(s) have no label, first: episode "
-                         f"{ds.episode[i]} step {ds.step[i]}")
     return labels
 
 
