@@ -8,11 +8,12 @@ from pathlib import Path
 
 from rlrm import cli
 from rlrm.atomic import slug
-from rlrm.data.rollout import collect, summary_row
+from rlrm.data.behaviour import builtin_policy
+from rlrm.data.rollout import Policy, collect, summary_row
 from rlrm.errors import ConfigError
 from rlrm.rl.files import UntrustedAgentFile
 from rlrm.rl.saved import agent_policy
-from rlrm.tasks import load_catalog
+from rlrm.tasks import Task, load_catalog
 
 FLAGS = {"policy": "--policy", "agent": "--policy", "steps": "--steps", "out": "--out"}
 
@@ -23,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", action="append", default=[], help="suite name from envs/*.yaml (repeatable)")
     p.add_argument("--tasks-file", action="append", default=[], help="extra task/suite yaml file")
     p.add_argument("--steps", type=int, default=20_000, help="transitions per task (default 20000)")
-    p.add_argument("--policy", default="random", help="random | PATH.zip | mixture:PATH.zip:EPS")
+    p.add_argument("--policy", default="random",
+                   help="random | PATH.zip | mixture:PATH.zip:EPS | rlrm:NAME(key=value, ...), a shipped behaviour "
+                        "policy such as rlrm:cartpole_wander (see rlrm.data.behaviour)")
     p.add_argument("--labeler", default=None, help="override: env | python:module:function | file:PATH")
     p.add_argument("--n-envs", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
@@ -44,11 +47,7 @@ def main(args: argparse.Namespace) -> int:
     rows = []
     for i, task in enumerate(tasks):
         seed = args.seed + 1000 * i
-        try:
-            policy = None if args.policy == "random" else agent_policy(args.policy, task, args.n_envs, seed,
-                                                                       trust_agent_file=args.trust_agent_file)
-        except UntrustedAgentFile as err:
-            raise ConfigError(err.message("--trust-agent-file")) from None
+        policy = _policy(args, task, seed)
         ds = collect(task, args.steps, policy, n_envs=args.n_envs, seed=seed, labeler=args.labeler,
                      progress=not args.no_progress, policy_name=args.policy)
         path = ds.save(args.out / slug(task.name))
@@ -56,6 +55,17 @@ def main(args: argparse.Namespace) -> int:
     cli.print_table(f"Collected transitions ({args.policy} policy)", rows,
                 ["task", "transitions", "episodes", "label_source", "label_mean", "label_std", "path"])
     return 0
+
+
+def _policy(args: argparse.Namespace, task: Task, seed: int) -> Policy | None:
+    if args.policy == "random":
+        return None
+    if args.policy.startswith("rlrm:"):
+        return builtin_policy(args.policy, task, args.n_envs, seed)
+    try:
+        return agent_policy(args.policy, task, args.n_envs, seed, trust_agent_file=args.trust_agent_file)
+    except UntrustedAgentFile as err:
+        raise ConfigError(err.message("--trust-agent-file")) from None
 
 
 def entry(argv: Sequence[str] | None = None) -> int:

@@ -44,30 +44,32 @@ def _expected() -> str:
     return "expected one of " + ", ".join(forms)
 
 
-def parse_spec(spec: str) -> tuple[str, dict[str, float]]:
+def parse_spec(spec: str, what: str = "labeler") -> tuple[str, dict[str, float]]:
     """Split ``rlrm:NAME(key=value, ...)`` into the name and its numeric keyword arguments.
+
+    :param what: what the spec is, for error messages (``labeler``, ``policy``).
 
     :raise LabelError: a malformed spec (not ``rlrm:``, bad parentheses, a non-numeric or repeated value).
     """
     m = _SPEC.fullmatch(spec.strip())
     if m is None:
-        raise LabelError(f"labeler {spec!r}: expected 'rlrm:NAME' or 'rlrm:NAME(key=number, ...)'")
+        raise LabelError(f"{what} {spec!r}: expected 'rlrm:NAME' or 'rlrm:NAME(key=number, ...)'")
     name, body = m.group(1), m.group(2)
     kwargs: dict[str, float] = {}
     if body is not None and body.strip():
         for part in body.split(","):
             a = _ARG.fullmatch(part)
             if a is None:
-                raise LabelError(f"labeler {spec!r}: argument {part.strip()!r}: expected key=number")
+                raise LabelError(f"{what} {spec!r}: argument {part.strip()!r}: expected key=number")
             key, text = a.groups()
             try:
                 value = float(text)
             except ValueError:
-                raise LabelError(f"labeler {spec!r}: argument {key!r}: expected a number, got {text!r}") from None
+                raise LabelError(f"{what} {spec!r}: argument {key!r}: expected a number, got {text!r}") from None
             if not math.isfinite(value):
-                raise LabelError(f"labeler {spec!r}: argument {key!r}: expected a finite number, got {text!r}")
+                raise LabelError(f"{what} {spec!r}: argument {key!r}: expected a finite number, got {text!r}")
             if key in kwargs:
-                raise LabelError(f"labeler {spec!r}: argument {key!r} given twice")
+                raise LabelError(f"{what} {spec!r}: argument {key!r} given twice")
             kwargs[key] = value
     return name, kwargs
 

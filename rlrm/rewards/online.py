@@ -25,12 +25,12 @@ class TaskReward(gym.Wrapper):
 
     :param env: the env to wrap.
     :param fn: a batched :data:`rlrm.rewards.TransitionReward` (called with a batch of one).
-    :param spec: the labeler spec, for ``repr`` and error messages.
+    :param labeler: the labeler spec, for ``repr``.
     """
 
-    def __init__(self, env: gym.Env, fn: TransitionReward, spec: str = "") -> None:
+    def __init__(self, env: gym.Env, fn: TransitionReward, labeler: str = "") -> None:
         super().__init__(env)
-        self.fn, self.spec = fn, spec
+        self.fn, self.labeler = fn, labeler
         self._obs: Any = None
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
@@ -46,4 +46,4 @@ class TaskReward(gym.Wrapper):
         return obs, float(np.asarray(r)[0]), terminated, truncated, info
 
     def __repr__(self) -> str:
-        return f"<TaskReward {self.spec}{self.env}>"
+        return f"<TaskReward {self.labeler}{self.env}>"
