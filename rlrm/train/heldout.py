@@ -75,14 +75,14 @@ def check_heads(model: RewardModel, datasets: list[TransitionDataset]) -> None:
     message names the task, and the heads the model has)."""
     for ds in datasets:
         if ds.task.name not in model.tasks:
-            raise ConfigError(f"task {ds.task.name!r}: the reward model has no head for it; it has "
-                              f"{', '.join(sorted(model.tasks)) or 'none'}")
+            raise ConfigError(f"the reward model has no head for task {ds.task.name!r} (of a dataset given); it has "
+                              f"heads for: {', '.join(sorted(model.tasks)) or 'none'}")
         group = model.group_of(ds.task.name)
         for what, expected, actual in (("observation", group.obs_space, ds.obs_space),
                                        ("action", group.action_space, ds.action_space)):
             if sp.layout(expected) != sp.layout(actual):
-                raise ConfigError(f"task {ds.task.name!r}: the dataset's {what} space is {actual}, but the reward "
-                                  f"model's head expects {expected}")
+                raise ConfigError(f"the reward model's head for task {ds.task.name!r} expects the {what} space "
+                                  f"{expected}, but the dataset has {actual}")
 
 
 def evaluate_model(model: RewardModel, datasets: list[TransitionDataset]) -> dict[str, dict[str, Any]]:
