@@ -18,6 +18,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+import rlrm
 from rlrm import atomic, cli
 from rlrm import model as rm
 from rlrm.errors import ConfigError
@@ -110,13 +111,15 @@ def evaluate_reward_main(args: argparse.Namespace) -> int:
         results = evaluate_model(model, datasets)
     except ConfigError as err:  # a task without a head, spaces that do not fit: name the model file
         raise ConfigError(f"{args.reward_model}: {err}") from None
-    notes = [f"{task}: {r['note']}" for task, r in results.items() if r.get("note")]
     cli.print_table(f"{args.reward_model} on {len(datasets)} dataset(s)",
-                    [{"task": task, **r} for task, r in results.items()], REWARD_COLUMNS,
-                    caption="\n".join(notes) or None)
+                    [{"task": task, **r} for task, r in results.items()], REWARD_COLUMNS)
+    for task, r in results.items():
+        if r.get("note"):
+            print(f"{task}: {r['note']}")
     if args.json is not None:
-        atomic.write_json(args.json, {"reward_model": str(args.reward_model),
-                                      "data": [str(d) for d in args.data], "tasks": results})
+        atomic.write_json(args.json, {"rlrm_version": rlrm.__version__, "reward_model": str(args.reward_model),
+                                      "data": [str(d) for d in args.data], "tasks_filter": list(args.tasks),
+                                      "tasks": results})
         print(f"metrics written to {args.json}")
     return 0
 
