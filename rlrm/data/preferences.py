@@ -80,8 +80,9 @@ class SegmentPairs:
                    error: type[RlrmError] = DatasetError) -> tuple[np.ndarray, np.ndarray]:
         """Check every segment against ``ds`` and return the row of each side's first step.
 
-        A segment must lie inside one episode: its episode is in ``ds``, ``start >= 0``, ``length >= 1`` and
-        ``start + length <= `` that episode's number of rows in ``ds``.
+        A segment must lie inside one episode: its episode is in ``ds``, ``start >= 0``, ``length >= 1``,
+        ``start + length <= `` that episode's number of rows in ``ds``, and its rows are consecutive env steps (a
+        dataset labeled in part may miss steps; a segment must not span such a gap).
 
         :param where: names pair ``i`` in messages (default ``pair i``).
         :param error: the exception type to raise.
@@ -98,17 +99,19 @@ class SegmentPairs:
             i = int(np.argmax(short))
             raise error(f"{where(i)}: field 'length': got {self.length[i]}; expected a segment length >= 1")
         episodes, first, count = np.unique(ds.episode, return_index=True, return_counts=True)
-        left = _side_rows(ds.task.name, "left", self.left_episode, self.left_start, self.length, episodes, first,
-                          count, where, error)
-        right = _side_rows(ds.task.name, "right", self.right_episode, self.right_start, self.length, episodes, first,
-                           count, where, error)
+        table = (episodes, first, count, ds.step)
+        left = _side_rows(ds.task.name, "left", self.left_episode, self.left_start, self.length, table, where, error)
+        right = _side_rows(ds.task.name, "right", self.right_episode, self.right_start, self.length, table, where,
+                           error)
         return left, right
 
 
-def _side_rows(task: str, side: str, ep: np.ndarray, start: np.ndarray, length: np.ndarray, episodes: np.ndarray,
-               first: np.ndarray, count: np.ndarray, where: Callable[[int], str],
+def _side_rows(task: str, side: str, ep: np.ndarray, start: np.ndarray, length: np.ndarray,
+               table: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], where: Callable[[int], str],
                error: type[RlrmError]) -> np.ndarray:
-    """First rows of one side's segments (``episodes``/``first``/``count``: the dataset's episode table)."""
+    """First rows of one side's segments (``table``: the dataset's episodes, their first rows, row counts, and
+    the per-row steps)."""
+    episodes, first, count, step = table
     if not len(ep):
         return np.zeros(0, np.int64)
     if not len(episodes):
@@ -130,7 +133,14 @@ def _side_rows(task: str, side: str, ep: np.ndarray, start: np.ndarray, length: 
         raise error(f"{where(i)}: {side} segment (episode {ep[i]}, start {start[i]}, length {length[i]}) ends at "
                     f"{start[i] + length[i]} but episode {ep[i]} has {n_rows[i]} steps in the dataset; expected "
                     f"start + length <= {n_rows[i]} (a segment never crosses an episode end)")
-    return first[k].astype(np.int64) + start
+    rows = first[k].astype(np.int64) + start
+    gap = step[rows + length - 1].astype(np.int64) - step[rows] != length - 1
+    if gap.any():
+        i = int(np.argmax(gap))
+        raise error(f"{where(i)}: {side} segment (episode {ep[i]}, start {start[i]}, length {length[i]}) spans steps "
+                    f"{step[rows[i]]}..{step[rows[i] + length[i] - 1]} of the dataset, which misses some of them; "
+                    "expected consecutive steps")
+    return rows
 
 
 def _int_array(value: Any, name: str, n: int) -> np.ndarray:

@@ -140,26 +140,29 @@ def sample_pairs(ds: TransitionDataset, n: int, length: int, rng: np.random.Gene
     """``n`` random pairs of segments of ``length`` steps, each inside one episode.
 
     Each side is drawn independently and uniformly over all segment positions that fit in an episode (a long
-    episode offers more positions); episodes shorter than ``length`` are never drawn. The two sides may come from
-    the same episode.
+    episode offers more positions; a segment never spans steps missing from a dataset labeled in part); episodes
+    shorter than ``length`` are never drawn. The two sides may come from the same episode.
 
     :raises ConfigError: ``n`` or ``length`` < 1, or no episode has ``length`` steps (names the longest).
     """
     if n < 1 or length < 1:
         raise ConfigError(f"sample_pairs: expected n >= 1 pairs and a segment length >= 1, got n={n}, "
                           f"length={length}")
-    episodes, count = np.unique(ds.episode, return_counts=True)
-    positions = np.maximum(count - length + 1, 0)
-    if not positions.sum():
+    episode, step = ds.episode, ds.step.astype(np.int64)
+    last = np.arange(length - 1, len(ds))  # the last row of a segment starting at row ``last - length + 1``
+    valid = np.flatnonzero((episode[last] == episode[last - length + 1]) & (step[last] - step[last - length + 1]
+                                                                             == length - 1))
+    if not len(valid):
+        episodes, count = np.unique(episode, return_counts=True)
         longest = f"episode {episodes[np.argmax(count)]} with {count.max()} steps" if len(count) else "no episodes"
         raise ConfigError(f"segment length {length}: no episode of task {ds.task.name!r} is that long in the dataset "
                           f"(longest: {longest}); expected a length <= the longest episode")
-    cum = np.cumsum(positions)
+    _, first = np.unique(episode, return_index=True)
+    first_row = first[np.searchsorted(np.unique(episode), episode)]  # each row's episode's first row
     sides = []
     for _ in range(2):
-        flat = rng.integers(0, cum[-1], size=n)
-        k = np.searchsorted(cum, flat, side="right")
-        sides.append((episodes[k], flat - (cum[k] - positions[k])))
+        rows = valid[rng.integers(0, len(valid), size=n)]
+        sides.append((episode[rows], rows - first_row[rows]))
     (le, ls), (re_, rs) = sides
     return SegmentPairs.from_arrays(le, ls, re_, rs, length)
 
