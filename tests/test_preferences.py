@@ -340,8 +340,6 @@ def test_segments_never_span_missing_steps(cartpole_ds: TransitionDataset) -> No
     with pytest.raises(DatasetError, match=rf"pair 0: left segment \(episode {ep}, start 5, length 10\) spans steps "
                                            r"5\.\.15 of the dataset, which misses some of them"):
         PreferenceDataset.from_pairs(gapped, bad, ["left"], "human:x")
-
-
     pairs = sample_pairs(gapped, 2000, 10, np.random.default_rng(0))
     prefs = PreferenceDataset.from_pairs(gapped, pairs, np.zeros(len(pairs), np.int8), "teacher:oracle")
     left, _ = prefs.segment_rows()

@@ -144,7 +144,7 @@ def _side_rows(task: str, side: str, ep: np.ndarray, start: np.ndarray, length: 
 
 
 def _int_array(value: Any, name: str, n: int) -> np.ndarray:
-    arr = np.asarray(value)
+    arr = np.asarray(value) if n else np.asarray(value, np.int64)  # [] is float64 to numpy
     if arr.ndim == 0:
         arr = np.full(n, arr)
     if arr.dtype.kind not in "iu" or arr.shape != (n,):
@@ -188,7 +188,7 @@ class PreferenceDataset:
         :param dataset_dir: where ``ds`` is (or will be) saved; needed by :meth:`save`.
         """
         n = len(pairs)
-        words = np.asarray(label)
+        words = np.asarray(label) if n else np.zeros(0, np.int8)
         if words.dtype.kind in "US":
             unknown = ~np.isin(words, LABELS)
             if unknown.any():
@@ -196,7 +196,7 @@ class PreferenceDataset:
                 raise LabelError(f"pair {i}: label {str(words[i])!r}; expected one of {', '.join(LABELS)}")
             codes = np.array([LABELS.index(str(w)) for w in words], np.int8) if n else np.zeros(0, np.int8)
         else:
-            codes = np.asarray(label)
+            codes = words
             if codes.shape != (n,) or codes.dtype.kind not in "iu":
                 raise LabelError(f"label: expected {n} codes 0/1/2 or words {'/'.join(LABELS)}, got {codes.dtype} "
                                  f"{codes.shape}")

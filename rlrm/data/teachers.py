@@ -191,9 +191,8 @@ def make_preferences(ds: TransitionDataset, rewards: np.ndarray, n: int, length:
     labels = teacher.answer(rewards[left_rows], rewards[right_rows], rng)
     keep = labels != SKIPPED
     if not keep.any():
-        raise ConfigError(f"teacher {teacher.spec!r} skipped all {n} queries (largest segment return "
-                          f"{max(prefs.segment_returns(rewards)[0].max(), prefs.segment_returns(rewards)[1].max()):.4g}"
-                          f"); expected a skip threshold below the returns")
-    out = PreferenceDataset.from_pairs(ds, pairs.subset(keep), labels[keep], teacher.source,
-                                       info={**prefs.info, "queries": n, "skipped": int((~keep).sum())})
-    return out
+        largest = max(float(r.max()) for r in prefs.segment_returns(rewards))
+        raise ConfigError(f"teacher {teacher.spec!r} skipped all {n} queries (largest segment return {largest:.4g}); "
+                          "expected a skip threshold below some segment returns")
+    return PreferenceDataset.from_pairs(ds, pairs.subset(keep), labels[keep], teacher.source,
+                                        info={**prefs.info, "queries": n, "skipped": int((~keep).sum())})
