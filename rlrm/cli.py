@@ -154,6 +154,8 @@ def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[st
 
 
 METRIC_COLUMNS = ["task", "n_train", "n_val", "mse", "r2", "spearman", "ranking_acc"]
+#: shown when some task has them: EPIC distance to the labels' reward function, the single-task comparison
+OPTIONAL_METRIC_COLUMNS = ["epic", "single_task_r2", "negative_transfer"]
 
 
 @contextmanager
@@ -177,6 +179,13 @@ def show_data_warnings(prog: str) -> Iterator[None]:
 def print_metrics(out: Path, result: TrainResult) -> None:
     """The held-out metrics table of a trained model."""
     rows = [{"task": t, **m} for t, m in result.metrics.items()]
-    print_table(f"Reward model {out} (held-out episodes; best epoch {result.best_epoch}/{len(result.history)}; "
-                f"metrics in {metrics_path(out)})", rows, METRIC_COLUMNS,
-                caption="r2/spearman '-': the labels are constant there (mse tells the fit)")
+    extra = [c for c in OPTIONAL_METRIC_COLUMNS if any(c in r for r in rows)]
+    adaptation = result.model.meta.get("adaptation")
+    how = (f"new tasks: {adaptation['mode']} encoder" + (" (chosen by validation loss)"
+                                                         if adaptation["requested"] == "auto" else "")
+           + f", validated by {adaptation['validation']}; ") if adaptation else ""
+    print_table(f"Reward model {out} (held-out episodes; {how}best epoch {result.best_epoch}/{len(result.history)}; "
+                f"metrics in {metrics_path(out)})", rows, METRIC_COLUMNS + extra,
+                caption="r2/spearman '-': the labels are constant there (mse tells the fit)"
+                + ("; negative_transfer: held-out r2 below the task's single-task model's by > 0.01"
+                   if "negative_transfer" in extra else ""))

@@ -12,9 +12,11 @@ from rlrm.model.features import INPUTS
 from rlrm.model.network import ModelConfig
 from rlrm.train.job import train_job
 from rlrm.train.loop import SAMPLING, TrainConfig
+from rlrm.train.weighting import TASK_WEIGHTING
 
 PROG = "python -m rlrm.train_reward"
-FLAGS = {"out": "--out", "tasks": "--tasks", "init": "--init", "data": "--data"}
+FLAGS = {"out": "--out", "tasks": "--tasks", "init": "--init", "data": "--data", "adapt": "--freeze-encoder/--finetune",
+         "task_weighting": "--task-weighting", "min_epoch_steps": "--min-epoch-steps"}
 #: the architecture flags, with their defaults for a new model (None in the parser: so --init can tell they were set)
 ARCHITECTURE = {"encoder": [64, 64], "activation": "relu", "layer_norm": False, "inputs": ",".join(INPUTS)}
 
@@ -24,15 +26,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", nargs="+", required=True, help="dataset folders (or folders of datasets)")
     p.add_argument("--tasks", nargs="+", default=[], help="train only these tasks (default: all found)")
     p.add_argument("--out", type=Path, default=Path("models/reward_model.safetensors"))
-    p.add_argument("--init", type=Path, default=None, help="extend this model (adds heads for new tasks; it keeps its "
-                   "architecture, so --encoder/--activation/--layer-norm/--inputs cannot be set with it)")
-    p.add_argument("--freeze-encoder", action="store_true", help="train only new heads (few-shot)")
+    p.add_argument("--init", type=Path, default=None, help="extend this model with the tasks it lacks, choosing a "
+                   "frozen encoder or fine-tuning by validation loss (it keeps its architecture, so --encoder/"
+                   "--activation/--layer-norm/--inputs cannot be set with it)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--freeze-encoder", action="store_true", help="with --init: train only new heads (few-shot); "
+                      "earlier heads predict bit-identically")
+    mode.add_argument("--finetune", action="store_true", help="with --init: train the whole model (its existing "
+                      "weights at lr * --finetune-lr-scale)")
+    p.add_argument("--finetune-lr-scale", type=float, default=0.1)
+    p.add_argument("--task-weighting", choices=TASK_WEIGHTING, default="equal",
+                   help="how tasks share the encoder's update (equal: summed losses on standardized labels)")
+    p.add_argument("--single-task-baselines", action="store_true", help="also train one model per task and report "
+                   "per task whether sharing helped or hurt (negative transfer)")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--val-frac", type=float, default=0.1)
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (0: off)")
+    p.add_argument("--min-epoch-steps", type=int, default=20, help="optimizer steps per epoch at least (small "
+                   "datasets: an epoch is several passes)")
     p.add_argument("--sampling", choices=SAMPLING, default="balanced")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--encoder", type=cli.csv_ints, default=None, help="encoder widths (default 64,64)")
@@ -50,9 +64,12 @@ def main(args: argparse.Namespace) -> int:
     cli.allow_typed_env_modules(args.env_module)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                       val_frac=args.val_frac, seed=args.seed, sampling=args.sampling, patience=args.patience,
-                      freeze_encoder=args.freeze_encoder)
+                      min_epoch_steps=args.min_epoch_steps, task_weighting=args.task_weighting,
+                      finetune_lr_scale=args.finetune_lr_scale)
+    adapt = "frozen" if args.freeze_encoder else "finetune" if args.finetune else "auto"
     with cli.show_data_warnings(PROG):
         result = train_job(args.data, args.out, cfg, model_config(args), tasks=args.tasks, init=args.init,
+                           adapt=adapt, single_task_baselines=args.single_task_baselines,
                            wandb=cli.wandb_options(args), progress=not args.no_progress)
     cli.print_metrics(args.out, result)
     return 0

@@ -167,9 +167,10 @@ class TransitionDataset:
         check_labels(self.label, n, f"{where}: field 'label'", self.episode, self.step)
         if n > 1:
             same = self.episode[1:] == self.episode[:-1]
-            if np.any(self.episode[1:] < self.episode[:-1]) or np.any(same & (self.step[1:] != self.step[:-1] + 1)):
+            # Steps may skip (a dataset labeled in part keeps only its labeled transitions), never repeat or go back.
+            if np.any(self.episode[1:] < self.episode[:-1]) or np.any(same & (self.step[1:] <= self.step[:-1])):
                 raise DatasetError(f"{where}: fields 'episode'/'step': rows must be sorted by episode with steps "
-                                   "increasing by 1 inside an episode")
+                                   "increasing inside an episode")
             if np.any(same & self.done[:-1]):
                 i = int(np.argmax(same & self.done[:-1]))
                 raise DatasetError(f"{where}: field 'terminated'/'truncated': episode {self.episode[i]} ends at "

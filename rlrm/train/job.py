@@ -19,7 +19,9 @@ from rlrm.errors import ConfigError
 from rlrm.model.network import ModelConfig
 from rlrm.tracking import Tracker, WandbOptions, init_wandb
 from rlrm.train.checks import DataWarning, check_env_spaces, data_warnings
+from rlrm.train.fewshot import MODES, extend_model
 from rlrm.train.loop import TrainConfig, TrainResult, train_reward_model
+from rlrm.train.transfer import single_task_comparison
 
 
 def load_datasets(paths: Sequence[str | os.PathLike], tasks: Sequence[str] = ()) -> list[TransitionDataset]:
@@ -69,22 +71,31 @@ def check_writable(out: str | os.PathLike) -> None:
 
 def train_job(data: Sequence[str | os.PathLike], out: str | os.PathLike, config: TrainConfig,
               model_config: ModelConfig | None = None, *, tasks: Sequence[str] = (),
-              init: str | os.PathLike | None = None, wandb: WandbOptions | None = None,
-              progress: bool = True) -> TrainResult:
+              init: str | os.PathLike | None = None, adapt: str = "auto", single_task_baselines: bool = False,
+              wandb: WandbOptions | None = None, progress: bool = True) -> TrainResult:
     """Train on the datasets under ``data`` and write ``out`` plus ``<stem>.metrics.json`` beside it.
 
     Before any long step: ``out`` must be writable, ``init`` loadable, every dataset's spaces those of its task's
     env. Likely problems with the data are issued as :class:`DataWarning` (see :func:`data_warnings`).
 
     :param model_config: the architecture of a new model (default :class:`ModelConfig`); not with ``init``.
-    :param init: an existing model file to extend (new heads; see ``config.freeze_encoder``); it keeps its
-        architecture.
+    :param init: an existing model file to extend with the tasks it lacks; it keeps its architecture. Tasks it
+        has train on (all weights) when no task is new.
+    :param adapt: how new tasks join ``init``'s model: ``auto`` (the better of the two by validation loss),
+        ``frozen`` (heads on the frozen encoder) or ``finetune`` (see :mod:`rlrm.train.fewshot`).
+    :param single_task_baselines: also train one model per task alone, on the same split, and report per task
+        whether sharing helped or hurt (negative transfer; :mod:`rlrm.train.transfer`).
     """
     out = Path(out)
     check_writable(out)
     if init is not None and model_config is not None:
         raise ConfigError(f"model_config: a model extended from init ({init}) keeps its own architecture; "
                           "give one or the other")
+    if adapt not in MODES:
+        raise ConfigError(f"adapt {adapt!r}: expected one of {', '.join(MODES)}")
+    if init is None and adapt != "auto":
+        raise ConfigError(f"adapt {adapt!r}: a frozen encoder or fine-tuning needs a trained model to start from "
+                          "(init)")
     base = rm.load(init) if init else None
     found = _load(data, tasks)
     datasets = [ds for _, ds in found]
@@ -96,8 +107,9 @@ def train_job(data: Sequence[str | os.PathLike], out: str | os.PathLike, config:
     try:
         for line in data_warnings(datasets):
             warnings.warn(line, DataWarning, stacklevel=2)
-        result = train_reward_model(datasets, config, model=base, model_config=architecture, tracker=tracker,
-                                    progress=progress)
+        result = _train(datasets, config, base, architecture, adapt, tracker, progress)
+        if single_task_baselines:
+            single_task_comparison(result, datasets, config, architecture, progress=progress)
         _write(out, result)
         _log(tracker, out, result)
     finally:
@@ -105,11 +117,26 @@ def train_job(data: Sequence[str | os.PathLike], out: str | os.PathLike, config:
     return result
 
 
+def _train(datasets: list[TransitionDataset], config: TrainConfig, base: rm.RewardModel | None,
+           architecture: ModelConfig, adapt: str, tracker: Tracker, progress: bool) -> TrainResult:
+    """A new model; new tasks on ``base`` (:func:`extend_model`); or more training of ``base``'s own tasks."""
+    if base is not None and any(ds.task.name not in base.tasks for ds in datasets):
+        return extend_model(base, datasets, config, adapt, tracker, progress)
+    if base is not None and adapt == "frozen":
+        raise ConfigError(f"every task given already has a head in the model ({', '.join(base.tasks)}); with a "
+                          "frozen encoder there is nothing to train")
+    return train_reward_model(datasets, config, model=base, model_config=architecture, tracker=tracker,
+                              progress=progress)
+
+
 def _write(out: Path, result: TrainResult) -> None:
     """The model file and its metrics file, both or neither (a failure names ``out`` and the cause)."""
     report: dict[str, Any] = {"model": str(out), "best_epoch": result.best_epoch,
                               "epochs_run": len(result.history), "seconds": round(result.seconds, 2),
                               "transitions_per_s": round(result.transitions_per_s), "tasks": result.metrics}
+    for key in ("adaptation", "single_task"):
+        if key in result.model.meta:
+            report[key] = result.model.meta[key]
     try:
         rm.save(result.model, out)
         try:

@@ -26,6 +26,7 @@ from rlrm.errors import ConfigError
 from rlrm.model.network import ModelConfig, RewardModel, head_key
 from rlrm.tracking import NullTracker, Tracker
 from rlrm.train.heldout import task_metrics
+from rlrm.train.weighting import TASK_WEIGHTING, TaskWeighting, make_weighting
 
 SAMPLING = ("balanced", "proportional")
 
@@ -38,6 +39,13 @@ class TrainConfig:
         (shares follow dataset sizes).
     :param patience: epochs without validation improvement before stopping (0 disables early stopping).
     :param freeze_encoder: train only heads and new stems (few-shot: a new task on a trained encoder).
+    :param min_epoch_steps: optimizer steps per epoch, at least: a small dataset gets epochs of several passes (an
+        epoch is then a validation period), so 64 labels train for ``epochs * min_epoch_steps`` steps (1,000 by
+        default) rather than ~50.
+    :param task_weighting: how tasks share the update of the shared weights (:mod:`rlrm.train.weighting`).
+    :param finetune_lr_scale: when extending a trained model without freezing it, its existing weights learn at
+        ``lr * finetune_lr_scale`` (new heads and stems at ``lr``), so a few labels adjust the encoder
+        rather than overwrite what it learned from the other tasks.
     """
 
     epochs: int = 50
@@ -49,10 +57,19 @@ class TrainConfig:
     sampling: str = "balanced"
     patience: int = 5
     freeze_encoder: bool = False
+    min_epoch_steps: int = 20
+    task_weighting: str = "equal"
+    finetune_lr_scale: float = 0.1
 
     def __post_init__(self) -> None:
         if self.sampling not in SAMPLING:
             raise ConfigError(f"sampling {self.sampling!r}: expected one of {SAMPLING}")
+        if self.task_weighting not in TASK_WEIGHTING:
+            raise ConfigError(f"task_weighting {self.task_weighting!r}: expected one of {', '.join(TASK_WEIGHTING)}")
+        if self.min_epoch_steps < 1 or not 0 < self.finetune_lr_scale <= 1:
+            raise ConfigError(f"min_epoch_steps must be >= 1 and finetune_lr_scale in (0, 1], got "
+                              f"{self.min_epoch_steps} and "
+                              f"{self.finetune_lr_scale}")
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ConfigError(f"epochs, batch_size and lr must be positive (got {self.epochs}, {self.batch_size}, "
                               f"{self.lr})")
@@ -129,6 +146,7 @@ class _Setup:
     steps: int
     gen: torch.Generator
     val_episodes: dict[str, list[int]]
+    weighting: TaskWeighting
 
 
 def train_reward_model(datasets: Sequence[TransitionDataset], config: TrainConfig | None = None,
@@ -181,13 +199,18 @@ def _setup(model: RewardModel, datasets: Sequence[TransitionDataset], cfg: Train
         d.z_train = (d.y_train - info.label_mean) / (info.label_std or 1.0)
         d.z_val = (d.y_val - info.label_mean) / (info.label_std or 1.0)
     trained = [d for d in data if model.tasks[d.name].label_std > 0]
-    opt = _optimizer(model, cfg, new_tasks, new_groups)
     for d, s in zip(trained, _shares([len(d.y_train) for d in trained], cfg.batch_size, cfg.sampling)
                     if trained else []):
         d.share = s
-    steps = max(1, math.ceil(sum(len(d.y_train) for d in trained) / cfg.batch_size))
+    _set_trainable(model, cfg, new_tasks, new_groups)
+    shared = [p for gid in {model.tasks[d.name].group for d in trained} for p in model.stems[gid].parameters()]
+    weighting = make_weighting(cfg.task_weighting, [d.name for d in trained],
+                               [*shared, *model.encoder.parameters()], cfg.seed)
+    opt = _optimizer(model, cfg, new_tasks, new_groups, weighting)
+    steps = max(1, math.ceil(sum(len(d.y_train) for d in trained) / cfg.batch_size),
+                cfg.min_epoch_steps)
     val_episodes = {**stored, **{d.name: np.unique(d.val.episode).tolist() for d in data}}
-    return _Setup(data, trained, opt, steps, torch.Generator().manual_seed(cfg.seed), val_episodes)
+    return _Setup(data, trained, opt, steps, torch.Generator().manual_seed(cfg.seed), val_episodes, weighting)
 
 
 def _task_data(model: RewardModel, ds: TransitionDataset, cfg: TrainConfig,
@@ -207,18 +230,31 @@ def _task_data(model: RewardModel, ds: TransitionDataset, cfg: TrainConfig,
                      torch.from_numpy(np.asarray(val.label)), train, val)
 
 
-def _optimizer(model: RewardModel, cfg: TrainConfig, new_tasks: list[str],
-               new_groups: set[str]) -> torch.optim.Optimizer:
+def _set_trainable(model: RewardModel, cfg: TrainConfig, new_tasks: list[str], new_groups: set[str]) -> None:
     if cfg.freeze_encoder:
         model.requires_grad_(False)
         for name in new_tasks:
             model.heads[head_key(name)].requires_grad_(True)
         for gid in new_groups:
             model.stems[gid].requires_grad_(True)
+
+
+def _optimizer(model: RewardModel, cfg: TrainConfig, new_tasks: list[str], new_groups: set[str],
+               weighting: TaskWeighting) -> torch.optim.Optimizer:
+    """Adam over what trains: new heads/stems (and a new model's everything) at ``lr``; a trained model's existing
+    weights, when not frozen, at ``lr * finetune_lr_scale``."""
+    new = {id(p) for name in new_tasks for p in model.heads[head_key(name)].parameters()}
+    new |= {id(p) for gid in new_groups for p in model.stems[gid].parameters()}
+    extending = len(new_tasks) < len(model.tasks) or not new_tasks
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("nothing to train: the encoder is frozen and every task already has a head")
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    fresh = [p for p in params if id(p) in new or not extending]
+    old = [p for p in params if id(p) not in new and extending]
+    groups = [{"params": fresh + weighting.parameters(), "lr": cfg.lr}]
+    if old:
+        groups.append({"params": old, "lr": cfg.lr * cfg.finetune_lr_scale})
+    return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _fit(model: RewardModel, setup: _Setup, cfg: TrainConfig, tracker: Tracker,
@@ -237,7 +273,8 @@ def _fit(model: RewardModel, setup: _Setup, cfg: TrainConfig, tracker: Tracker,
         t0 = time.perf_counter()
         train_loss = _epoch(model, setup)
         t_train += time.perf_counter() - t0
-        row = {"epoch": epoch, "train/loss": train_loss, **_validate(model, setup.trained)}
+        row = {"epoch": epoch, "train/loss": train_loss, **_validate(model, setup.trained),
+               **setup.weighting.state()}
         row["val/loss"] = row.get("val/loss", train_loss)
         history.append(row)
         tracker.log(row, step=epoch)
@@ -257,16 +294,15 @@ def _epoch(model: RewardModel, setup: _Setup) -> float:
     loss."""
     model.train()
     total = sum(d.share for d in setup.trained)
+    weights = [d.share / total for d in setup.trained]
     running = 0.0
     for _ in range(setup.steps):
-        loss = None
+        losses = []
         for d in setup.trained:
             idx = _next_indices(d, d.share, setup.gen)
-            term = F.mse_loss(model.forward_standardized(d.name, d.x_train[idx]), d.z_train[idx])
-            term = term * (d.share / total) if len(setup.trained) > 1 else term
-            loss = term if loss is None else loss + term
+            losses.append(F.mse_loss(model.forward_standardized(d.name, d.x_train[idx]), d.z_train[idx]))
         setup.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = setup.weighting.backward(losses, weights)
         setup.opt.step()
         running += float(loss.detach())
     model.eval()
@@ -302,6 +338,7 @@ def _report(model: RewardModel, setup: _Setup, cfg: TrainConfig, history: list[d
     model.meta["training"] = {**asdict(cfg), "best_epoch": best_epoch, "epochs_run": len(history),
                               "datasets": {d.name: d.train.info for d in setup.data},
                               "constant_labels": [d.name for d in setup.data if not d.share],
-                              "validation_episodes": setup.val_episodes}
+                              "validation_episodes": setup.val_episodes,
+                              "steps_per_epoch": setup.steps, "weighting": setup.weighting.state()}
     model.meta["metrics"] = results
     return results

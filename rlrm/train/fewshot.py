@@ -1,0 +1,162 @@
+"""New tasks on a trained model: a head on the frozen encoder, full fine-tuning, or the better of the two.
+
+- ``frozen``: only the new heads (and stems for new spaces) train; every earlier head predicts bit-identically.
+- ``finetune``: the whole model trains on the given data, its existing weights at
+  ``lr * finetune_lr_scale``; earlier heads move with the encoder (how much is reported per head, in
+  ``meta["adaptation"]["old_heads"]``). Give the earlier tasks' datasets too to keep them fitted.
+- ``auto``: both, on the same held-out data; the lower validation loss of the new tasks wins.
+
+Held-out data at every N: with at least :data:`CV_BELOW` labeled transitions per new task, the usual split by
+episode (with early stopping). Below that, a validation split would be a handful of rows, so the choice is made
+by K-fold cross-validation (folds of whole episodes when there are enough, else of contiguous rows), the chosen
+mode is then trained on every label for the full budget, and the reported metrics of the new tasks are the
+out-of-fold ones.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from rlrm import metrics
+from rlrm.data.dataset import TransitionDataset
+from rlrm.errors import ConfigError
+from rlrm.model.network import RewardModel
+from rlrm.tracking import Tracker
+from rlrm.train.heldout import predict_dataset
+from rlrm.train.loop import TrainConfig, TrainResult, split_seed, train_reward_model
+
+MODES = ("auto", "frozen", "finetune")
+#: below this many labeled transitions (of the smallest new task) choices are made by cross-validation
+CV_BELOW = 512
+FOLDS = 4
+
+
+def extend_model(base: RewardModel, datasets: Sequence[TransitionDataset], config: TrainConfig,
+                 mode: str = "auto", tracker: Tracker | None = None, progress: bool = True) -> TrainResult:
+    """Add the tasks of ``datasets`` that ``base`` lacks (see module docstring); ``base`` is not modified.
+
+    :param mode: ``auto``, ``frozen`` or ``finetune``.
+    :return: the result of the chosen mode; ``result.model.meta["adaptation"]`` records the mode, each
+        candidate's validation score and how far earlier heads moved.
+    """
+    if mode not in MODES:
+        raise ConfigError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
+    new = [ds for ds in datasets if ds.task.name not in base.tasks]
+    if not new:
+        raise ConfigError(f"every task given already has a head in the model ({', '.join(base.tasks)}); "
+                          "frozen, fine-tuned and automatic modes add new tasks")
+    candidates = ["frozen", "finetune"] if mode == "auto" else [mode]
+    small = min(len(ds) for ds in new) < CV_BELOW
+    if small:
+        oofs = {m: _out_of_fold(base, datasets, new, config, m) for m in candidates}
+        scores = {m: _cv_score(oof, new) for m, oof in oofs.items()}
+        chosen = min(scores, key=lambda m: scores[m])
+        result = _train(base, datasets, _full_budget(config), chosen, tracker, progress)
+        for ds in new:
+            result.metrics[ds.task.name].update(_metrics_from(oofs[chosen][ds.task.name], ds),
+                                                validation=f"{FOLDS}-fold")
+        validation = f"{FOLDS}-fold cross-validation (fewer than {CV_BELOW} labels)"
+    else:
+        results = {m: _train(base, datasets, config, m, tracker, progress) for m in candidates}
+        scores = {m: _val_score(r, new) for m, r in results.items()}
+        chosen = min(scores, key=lambda m: scores[m])
+        result = results[chosen]
+        validation = "held-out episodes"
+    result.model.meta["adaptation"] = {
+        "mode": chosen, "requested": mode, "validation": validation,
+        "scores": {m: float(s) for m, s in scores.items()}, "new_tasks": [ds.task.name for ds in new],
+        "old_heads": old_head_changes(base, result.model, datasets)}
+    result.model.meta["metrics"] = result.metrics
+    return result
+
+
+def _train(base: RewardModel, datasets: Sequence[TransitionDataset], config: TrainConfig, mode: str,
+           tracker: Tracker | None, progress: bool) -> TrainResult:
+    cfg = replace(config, freeze_encoder=mode == "frozen")
+    return train_reward_model(datasets, cfg, model=copy.deepcopy(base), tracker=tracker, progress=progress)
+
+
+def _full_budget(config: TrainConfig) -> TrainConfig:
+    """Every label trains, for every epoch: there is no validation split to stop on."""
+    return replace(config, val_frac=0.0, patience=0)
+
+
+def _val_score(result: TrainResult, new: Sequence[TransitionDataset]) -> float:
+    """Mean over new tasks of validation mse / variance of the validation labels (1 - r2); lower is better."""
+    scores = [1.0 - result.metrics[ds.task.name]["r2"] for ds in new
+              if np.isfinite(result.metrics[ds.task.name].get("r2", np.nan))]
+    return float(np.mean(scores)) if scores else float(np.mean([result.metrics[ds.task.name]["mse"] for ds in new]))
+
+
+def folds(ds: TransitionDataset, k: int, seed: int) -> np.ndarray:
+    """A fold number per transition: whole episodes when there are at least ``k``, else contiguous blocks."""
+    rng = np.random.default_rng(split_seed(ds.task.name, seed))
+    eps = np.unique(ds.episode)
+    if len(eps) >= k:
+        fold_of = dict(zip(rng.permutation(eps).tolist(), np.arange(len(eps)) % k))
+        return np.array([fold_of[e] for e in ds.episode.tolist()], np.int64)
+    if len(ds) < k:
+        raise ConfigError(f"task {ds.task.name!r}: {len(ds)} labeled transitions; at least {k} are needed to "
+                          "hold some out")
+    return (np.arange(len(ds)) * k // len(ds)).astype(np.int64)
+
+
+def _out_of_fold(base: RewardModel, datasets: Sequence[TransitionDataset], new: Sequence[TransitionDataset],
+                 config: TrainConfig, mode: str) -> dict[str, np.ndarray]:
+    """Predictions for every transition of each new task by a model that did not train on it."""
+    fold_ids = {ds.task.name: folds(ds, FOLDS, config.seed) for ds in new}
+    pred = {ds.task.name: np.zeros(len(ds), np.float64) for ds in new}
+    for k in range(FOLDS):
+        train_sets = [ds.subset(fold_ids[ds.task.name] != k) if ds.task.name in fold_ids else ds for ds in datasets]
+        model = _train(base, train_sets, _full_budget(config), mode, None, False).model
+        for ds in new:
+            held = fold_ids[ds.task.name] == k
+            if held.any():
+                pred[ds.task.name][held] = predict_dataset(model, ds.subset(held))
+    return pred
+
+
+def _cv_score(oof: dict[str, np.ndarray], new: Sequence[TransitionDataset]) -> float:
+    """Mean over new tasks of out-of-fold mse / label variance (1 - r2); lower is better."""
+    scores = []
+    for ds in new:
+        var = float(np.var(ds.label))
+        mse = metrics.mse(oof[ds.task.name], ds.label)
+        scores.append(mse / var if var > 1e-12 else mse)
+    return float(np.mean(scores))
+
+
+def _metrics_from(pred: np.ndarray, ds: TransitionDataset) -> dict[str, Any]:
+    return {"mse": metrics.mse(pred, ds.label), "r2": metrics.r2(pred, ds.label),
+            "spearman": metrics.spearman(pred, ds.label),
+            "ranking_acc": metrics.ranking_accuracy(ds.episode_returns(pred), ds.episode_returns(ds.label)),
+            "n_val": len(ds)}
+
+
+def old_head_changes(before: RewardModel, after: RewardModel,
+                     datasets: Sequence[TransitionDataset]) -> dict[str, dict[str, float]]:
+    """How far each earlier head's predictions moved, on the given transitions of its input group.
+
+    :return: per earlier task: ``max_abs_change``, ``mean_abs_change`` and the mean relative to its label scale
+        (``rel_change``); 0 everywhere for a frozen encoder. Tasks with no transitions of their spaces here
+        are left out.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for name, head in before.tasks.items():
+        same = [ds for ds in datasets if after.tasks[ds.task.name].group == head.group]
+        if not same:
+            continue
+        deltas = np.concatenate([np.abs(predict_dataset(after, _as_task(ds, head.task))
+                                        - predict_dataset(before, _as_task(ds, head.task))) for ds in same])
+        out[name] = {"max_abs_change": float(deltas.max(initial=0.0)), "mean_abs_change": float(deltas.mean()),
+                     "rel_change": float(deltas.mean() / head.label_std) if head.label_std > 0 else 0.0}
+    return out
+
+
+def _as_task(ds: TransitionDataset, task: Any) -> TransitionDataset:
+    return replace(ds, task=task)
