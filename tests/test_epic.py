@@ -1,5 +1,5 @@
 """EPIC reward distance (rlrm.metrics.epic_distance) on real transitions: invariances, opposites, unrelated rewards,
-Dict observations, batched calls."""
+Dict observations (by hand, and from rlrm/PointGoal-v0 through a model's NumPy reward function), batched calls."""
 
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ import numpy as np
 import pytest
 
 from rlrm.data.dataset import TransitionDataset
+from rlrm.data.rollout import collect
 from rlrm.errors import RewardError
 from rlrm.metrics import epic_distance, pearson_distance
+from rlrm.model.network import ModelConfig, RewardModel
+from rlrm.rewards import true_reward_fn
+from rlrm.tasks import Catalog
 
 GAMMA = 0.99
 
@@ -132,3 +136,23 @@ def test_pearson_distance() -> None:
     assert math.isnan(pearson_distance(x[:1], x[:1]))
     with pytest.raises(ValueError):
         pearson_distance(x, x[:5])
+
+
+def test_dict_observations_of_a_real_env_and_a_models_reward_fn(catalog: Catalog) -> None:
+    ds = collect(catalog.task("PointGoal-v0/goal045"), 800, n_envs=4, seed=0, progress=False)
+    assert isinstance(ds.obs, dict)
+    truth = true_reward_fn(ds.label_source, ds.task.env_id)
+    assert truth is not None
+    np.testing.assert_allclose(truth(ds.obs, ds.action, ds.next_obs, ds.terminated), ds.label, atol=1e-5)
+
+    def phi(o: dict[str, np.ndarray]) -> np.ndarray:
+        return 5.0 * o["position"][:, 0] * o["velocity"][:, 1] + o["velocity"][:, 0]
+
+    def shaped(o: Any, a: Any, n: Any, d: np.ndarray) -> np.ndarray:
+        return 0.5 * truth(o, a, n, d) + GAMMA * phi(n) - phi(o)
+
+    assert _epic(ds, truth, shaped) < 1e-3
+    assert _epic(ds, truth, lambda o, a, n, d: -truth(o, a, n, d)) > 0.999
+    model = RewardModel(ModelConfig(encoder=[16, 16]))
+    model.add_task(ds.task, ds.obs_space, ds.action_space)
+    assert 0.0 < _epic(ds, model.reward_fn(ds.task.name), truth) < 1.0

@@ -44,7 +44,8 @@ def epic_to_labels(model: RewardModel, ds: TransitionDataset) -> tuple[float, st
     value = metrics.epic_distance(model.reward_fn(ds.task.name), truth, ds.obs, ds.action, ds.next_obs,
                                   ds.terminated, n_samples=EPIC_SAMPLES, max_transitions=EPIC_TRANSITIONS)
     if np.isnan(value):
-        return value, "no EPIC: a reward is constant on these transitions (after canonicalization)"
+        why = "fewer than two transitions" if len(ds) < 2 else "a reward is constant on these transitions"
+        return value, f"no EPIC: {why}"
     return value, ""
 
 
