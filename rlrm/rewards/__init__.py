@@ -11,14 +11,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from typing import Any
-
-import numpy as np
 
 from rlrm.errors import LabelError
 from rlrm.rewards import cartpole, cheetah, pendulum, point
-
-TransitionReward = Callable[[Any, Any, Any, np.ndarray], np.ndarray]
+from rlrm.rewards.transition import TransitionReward
 
 #: family name -> (factory taking the spec's keyword arguments, required keys, optional keys with defaults)
 FAMILIES: dict[str, tuple[Callable[..., TransitionReward], tuple[str, ...], dict[str, float]]] = {

@@ -6,8 +6,10 @@ from typing import Any
 
 import numpy as np
 
+from rlrm.rewards.transition import TransitionReward
 
-def alive_reward() -> Any:
+
+def alive_reward() -> TransitionReward:
     """CartPole-v1's own reward: 1.0 for every transition (the episode ends when the pole falls)."""
 
     def reward(obs: Any, action: Any, next_obs: Any, done: np.ndarray) -> np.ndarray:
@@ -16,7 +18,7 @@ def alive_reward() -> Any:
     return reward
 
 
-def position_reward(target: float, width: float = 0.75) -> Any:
+def position_reward(target: float, width: float = 0.75) -> TransitionReward:
     """Keep the pole up and the cart near ``target``: ``r = 0.5 + 0.5 exp(-((x' - target) / width)^2 / 2)``.
 
     Every step alive earns at least 0.5 (so falling is bad), and up to 1.0 at the target; the bump is wide enough

@@ -6,11 +6,13 @@ from typing import Any
 
 import numpy as np
 
+from rlrm.rewards.transition import TransitionReward
+
 #: index of the root's x velocity (qvel[0]) in HalfCheetah-v5's default observation (qpos[1:] has 8 entries)
 VX_INDEX = 8
 
 
-def velocity_reward(target: float, ctrl_cost: float = 0.05) -> Any:
+def velocity_reward(target: float, ctrl_cost: float = 0.05) -> TransitionReward:
     """``r = -|v - target| - ctrl_cost |a|^2`` with ``v`` the root's x velocity after the step.
 
     :param target: the wanted forward velocity (negative: run backwards).

@@ -6,10 +6,12 @@ from typing import Any
 
 import numpy as np
 
+from rlrm.rewards.transition import TransitionReward
+
 MAX_TORQUE = 2.0
 
 
-def env_reward() -> Any:
+def env_reward() -> TransitionReward:
     """``-(angle_normalize(theta)^2 + 0.1 thetadot^2 + 0.001 u^2)``, with theta and thetadot from the observation
     before the step (``[cos theta, sin theta, thetadot]``) and the torque ``u`` clipped to [-2, 2]."""
 

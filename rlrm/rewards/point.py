@@ -6,8 +6,10 @@ from typing import Any
 
 import numpy as np
 
+from rlrm.rewards.transition import TransitionReward
 
-def goal_reward(x: float, y: float, ctrl_cost: float = 0.0) -> Any:
+
+def goal_reward(x: float, y: float, ctrl_cost: float = 0.0) -> TransitionReward:
     """``r = -||position' - (x, y)|| - ctrl_cost |a|^2``, with the position after the step.
 
     :param x: goal x.
