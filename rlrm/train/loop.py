@@ -21,11 +21,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from rlrm import metrics
 from rlrm.data.dataset import TransitionDataset
 from rlrm.errors import ConfigError
 from rlrm.model.network import ModelConfig, RewardModel, head_key
 from rlrm.tracking import NullTracker, Tracker
-from rlrm.train.heldout import task_metrics
+from rlrm.train.heldout import predict_dataset, task_metrics
 from rlrm.train.weighting import TASK_WEIGHTING, TaskWeighting, make_weighting
 
 SAMPLING = ("balanced", "proportional")
@@ -334,7 +335,7 @@ def _report(model: RewardModel, setup: _Setup, cfg: TrainConfig, history: list[d
     results = {}
     for d in setup.data:
         results[d.name] = {"n_train": len(d.train), "n_val": len(d.val), **task_metrics(model, d.val)}
-        results[d.name]["train_r2"] = task_metrics(model, d.train)["r2"]
+        results[d.name]["train_r2"] = metrics.r2(predict_dataset(model, d.train), d.train.label)
     model.meta["training"] = {**asdict(cfg), "best_epoch": best_epoch, "epochs_run": len(history),
                               "datasets": {d.name: d.train.info for d in setup.data},
                               "constant_labels": [d.name for d in setup.data if not d.share],
