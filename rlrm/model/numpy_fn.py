@@ -255,6 +255,17 @@ class NumpyRewardFn:
         layers.append((np.concatenate([w, b]), [], False))  # a vector: the head is a matrix-vector product
         return cls(group, layers, (low, high), task, _choose_dtype(np.where(const, 0.0, mean), std, dtype))
 
+    @property
+    def layer_weights(self) -> list[np.ndarray]:
+        """The augmented weights of each layer (folded standardization, bias row; the head's is a vector), in
+        :attr:`dtype`: what :mod:`rlrm.model.numpy_ensemble` stacks across members."""
+        return [w for w, _, _ in self._layers]
+
+    @property
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """The (low, high) bounds raw features are clipped to before the first layer."""
+        return self._bounds
+
     def _plan(self, n: int) -> None:
         """Buffers for ``n`` rows and the operations of a call, bound to them once."""
         dt = self.dtype

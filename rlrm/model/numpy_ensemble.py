@@ -1,0 +1,169 @@
+"""The NumPy reward path of an ensemble: all K members in one batched computation per call.
+
+Each member's path is first folded as :class:`~rlrm.model.numpy_fn.NumpyRewardFn` folds one model (input
+standardization into the first layer, label scale into the head, ones column carrying the biases); the K
+augmented weight matrices of a layer are then stacked as ``(K, in + 1, out + 1)``. A call is:
+
+- one features fill, shared by every member (the raw features do not depend on the member);
+- one clip into a ``(K, n, d + 1)`` buffer against per-member bounds (each member has its own statistics);
+- per layer, one ``np.matmul`` over the K stacked matrices plus its activation;
+- the head (``(K, n, h + 1) @ (K, h + 1, 1)``), then the mean over members as one ``(K,) @ (K, n)`` dot;
+  :meth:`NumpyEnsembleRewardFn.with_std` adds four calls for the std (ddof 0) from the same evaluation.
+
+So the number of NumPy calls per step is about that of one model (benchmarks/RESULTS.md, issue #10).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from rlrm.model.numpy_fn import NumpyRewardFn, _activation, _filler, _relu
+
+_F32 = np.dtype(np.float32)
+
+
+def _stacked_layer_norm(modules: list[nn.LayerNorm]) -> Callable[[np.ndarray], np.ndarray]:
+    """LayerNorm over the last axis of a ``(K, n, w)`` view, with each member's own gain and bias."""
+    def param(m: nn.LayerNorm, name: str, default: float) -> np.ndarray:
+        p = getattr(m, name)
+        return p.detach().double().numpy() if p is not None else np.full(m.normalized_shape, default)
+
+    g = np.stack([param(m, "weight", 1.0) for m in modules])[:, None, :]
+    b = np.stack([param(m, "bias", 0.0) for m in modules])[:, None, :]
+    eps = modules[0].eps
+
+    def ln(x: np.ndarray) -> np.ndarray:
+        mu = x.mean(axis=-1, keepdims=True)
+        var = x.var(axis=-1, keepdims=True)
+        x -= mu
+        x *= g / np.sqrt(var + eps)
+        x += b
+        return x
+
+    return ln
+
+
+class NumpyEnsembleRewardFn:
+    """``RewardFn`` of an ensemble's mean, with :meth:`with_std` for mean and std from one evaluation.
+
+    Not thread-safe (shared preallocated buffers, as :class:`NumpyRewardFn`); returned arrays are fresh.
+    """
+
+    def __init__(self, template: NumpyRewardFn, weights: list[np.ndarray], posts: list[tuple[list[Any], bool]],
+                 bounds: tuple[np.ndarray, np.ndarray]) -> None:
+        """
+        :param template: member 0's function: its group, task, spaces and dtype.
+        :param weights: per layer, the members' augmented weights stacked ``(K, in + 1, out + 1)``; the head's
+            ``(K, h + 1, 1)``.
+        :param posts: per hidden layer, (ops on a ``(K, n, w)`` array, whether they need the view without the
+            ones column).
+        :param bounds: (low, high) of the raw features per member, ``(K, d)`` each.
+        """
+        self.group = template.group
+        self.task = template.task
+        self.observation_space = template.observation_space
+        self.action_space = template.action_space
+        self.dtype = template.dtype
+        self.k = len(bounds[0])
+        self._weights = [np.ascontiguousarray(w, dtype=self.dtype) for w in weights]
+        self._posts = posts
+        self._bounds = bounds
+        self._mean_w = np.full(self.k, 1.0 / self.k, self.dtype)
+        self._n = -1
+        self._x = np.empty((0, 0), self.dtype)
+        self._y = np.empty((self.k, 0), self.dtype)
+        self._dev = np.empty((self.k, 0), self.dtype)
+        self._fill: Callable[..., bool] = lambda *args: False
+        self._layers: Callable[[], None] = lambda: None
+
+    @classmethod
+    def from_members(cls, fns: list[NumpyRewardFn], modules: list[list[nn.Module]]) -> NumpyEnsembleRewardFn:
+        """Stack the folded paths of K members of one structure.
+
+        :param fns: each member's :class:`NumpyRewardFn` for the task, all of one dtype.
+        :param modules: each member's modules of that path (stem, then encoder), to rebuild the activations and
+            the LayerNorms with every member's own parameters.
+        """
+        per_layer = list(zip(*(f.layer_weights for f in fns)))
+        weights = [np.stack(ws) for ws in per_layer[:-1]] + [np.stack(per_layer[-1])[:, :, None]]
+        posts: list[tuple[list[Any], bool]] = []
+        for i, m in enumerate(modules[0]):
+            if isinstance(m, nn.Linear):
+                posts.append(([], False))
+                continue
+            ops, on_view = posts[-1]
+            if isinstance(m, nn.LayerNorm):
+                ops.append(_stacked_layer_norm([mods[i] for mods in modules]))
+            else:
+                ops.append(_activation(m))
+            posts[-1] = (ops, on_view or not isinstance(m, nn.ReLU))
+        bounds = (np.stack([f.bounds[0] for f in fns]), np.stack([f.bounds[1] for f in fns]))
+        return cls(fns[0], weights, posts, bounds)
+
+    def _plan(self, n: int) -> None:
+        """Buffers for ``n`` rows and the layer operations, bound to them once."""
+        dt, k = self.dtype, self.k
+        x = np.ones((n, self.group.dim + 1), dt)
+        xk = np.ones((k, n, self.group.dim + 1), dt)
+        ones = np.ones((k, 1), dt)
+        low, high = (np.ascontiguousarray(np.broadcast_to(np.hstack([b, ones])[:, None, :].astype(dt), xk.shape))
+                     for b in self._bounds)
+        ops: list[Callable[[], Any]] = [partial(np.maximum, x, low, out=xk), partial(np.minimum, xk, high, out=xk)]
+        src = xk
+        for w, (post, on_view) in zip(self._weights[:-1], self._posts):
+            out = np.ones((k, n, w.shape[2]), dt)
+            ops.append(partial(np.matmul, src, w, out=out))
+            view = out[:, :, :-1] if on_view else out
+            for op in post:
+                ops.append(partial(np.maximum, view, np.zeros(view.shape, dt), out=view) if op is _relu
+                           else partial(op, view))
+            src = out
+        y = np.empty((k, n, 1), dt)
+        ops.append(partial(np.matmul, src, self._weights[-1], out=y))
+        steps = tuple(ops)
+
+        def layers() -> None:
+            for op in steps:
+                op()
+
+        self._x, self._y, self._dev = x[:, :-1], y.reshape(k, n), np.empty((k, n), dt)
+        self._fill = _filler(self.group, n, self._x, dt)
+        self._layers = layers
+        self._n = n
+
+    def _evaluate(self, obs: Any, action: Any, next_obs: Any, done: Any) -> np.ndarray:
+        """Every member's reward into the ``(K, n)`` buffer (returned; overwritten by the next call)."""
+        if not self._fill(obs, action, next_obs, done):
+            feats = self.group.features(obs, action, next_obs, done)  # any batch predict accepts, or its SpaceError
+            if len(feats) != self._n:
+                self._plan(len(feats))
+            self._x[...] = feats
+        self._layers()
+        return self._y
+
+    def __call__(self, obs: Any, action: Any, next_obs: Any, done: Any) -> np.ndarray:
+        """The members' mean reward, float32 ``(n,)``."""
+        mean = self._mean_w.dot(self._evaluate(obs, action, next_obs, done))
+        return mean if self.dtype is _F32 else mean.astype(np.float32)
+
+    def with_std(self, obs: Any, action: Any, next_obs: Any, done: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std across members) of one evaluation, float32 ``(n,)`` each; std with ddof 0."""
+        y = self._evaluate(obs, action, next_obs, done)
+        w, dev = self._mean_w, self._dev
+        mean = w.dot(y)
+        np.subtract(y, mean, out=dev)
+        np.multiply(dev, dev, out=dev)
+        std = w.dot(dev)
+        np.sqrt(std, out=std)
+        if self.dtype is _F32:
+            return mean, std
+        return mean.astype(np.float32), std.astype(np.float32)
+
+    def members(self, obs: Any, action: Any, next_obs: Any, done: Any) -> np.ndarray:
+        """Every member's reward, a fresh float32 ``(K, n)`` array."""
+        return self._evaluate(obs, action, next_obs, done).astype(np.float32)
