@@ -23,6 +23,21 @@ class RewardFn(Protocol):
     def __call__(self, obs: Any, action: Any, next_obs: Any, done: np.ndarray) -> np.ndarray: ...
 
 
+@runtime_checkable
+class RewardFnWithStd(RewardFn, Protocol):
+    """A :class:`RewardFn` that also says how uncertain it is (an ensemble's): ``with_std`` returns the same
+    ``(n,)`` rewards as ``__call__`` and their std across members, from one evaluation. Wrappers find it with
+    :func:`std_method`; a plain RewardFn is certain (std 0)."""
+
+    def with_std(self, obs: Any, action: Any, next_obs: Any, done: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def std_method(fn: RewardFn) -> Any:
+    """``fn.with_std`` when ``fn`` is a :class:`RewardFnWithStd`, else ``None``."""
+    method = getattr(fn, "with_std", None)
+    return method if callable(method) else None
+
+
 class RewardSource(Protocol):
     """Anything that gives a task's :class:`RewardFn`, such as :class:`rlrm.model.RewardModel`."""
 
