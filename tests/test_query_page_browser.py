@@ -8,6 +8,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -15,11 +16,15 @@ from rlrm.data.dataset import TransitionDataset
 from rlrm.data.preferences import read_preference_file
 from rlrm.queries import entry
 
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
-def _driver(profile: Path, downloads: Path):  # noqa: ANN202 (selenium is imported here, after the checks)
+def _driver(profile: Path, downloads: Path) -> WebDriver:
+    """Headless Chromium with a fresh profile, downloading into ``downloads``; fails (never skips) without it."""
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
     if missing:
         pytest.fail(f"the browser test needs Chromium and its driver: missing {', '.join(missing)}; install them with "

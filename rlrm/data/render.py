@@ -16,6 +16,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.envs.registration import load_env_creator
 from PIL import Image
 
 from rlrm import atomic
@@ -24,6 +25,7 @@ from rlrm.data.dataset import TransitionDataset
 from rlrm.data.preferences import SegmentPairs
 from rlrm.data.rollout import replay_episode
 from rlrm.errors import DatasetError, TaskError
+from rlrm.tasks import Task, ensure_registered
 
 #: replayed float observations must match the stored ones this closely (float32 round-off, not a different state)
 RTOL, ATOL = 1e-5, 1e-6
@@ -79,6 +81,12 @@ def render_env(ds: TransitionDataset) -> gym.Env:
         (names the task and Gymnasium's reason).
     """
     task = ds.task
+    modes = _declared_render_modes(task)
+    if modes is not None and "rgb_array" not in modes:  # before make: Gymnasium would only warn, or fail later
+        raise TaskError(f"task {task.name!r} ({task.env_id}) cannot render rgb_array frames: Gymnasium lists its "
+                        f"render modes as {modes}; expected an env that renders 'rgb_array'")
+    # pygame-drawn envs initialise SDL audio too; without a sound device it prints errors nobody can act on
+    os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
     try:
         env = task.make_env(render_mode="rgb_array")
     except Exception as err:  # Gymnasium's reason: a missing renderer dependency, an unknown keyword...
@@ -90,6 +98,17 @@ def render_env(ds: TransitionDataset) -> gym.Env:
         raise TaskError(f"task {task.name!r} ({task.env_id}) cannot render rgb_array frames: Gymnasium lists its "
                         f"render modes as {modes}; expected an env that renders 'rgb_array'")
     return env
+
+
+def _declared_render_modes(task: Task) -> list[str] | None:
+    """The render modes the env's class declares in its metadata (``None``: unknown until it is made)."""
+    try:
+        ensure_registered(task.env_id)
+        creator = gym.spec(task.env_id).entry_point
+        creator = load_env_creator(creator) if isinstance(creator, str) else creator
+        return list((getattr(creator, "metadata", None) or {}).get("render_modes") or [])
+    except Exception:  # an id make_env resolves another way: it reports its own reason
+        return None
 
 
 def check_replay(ds: TransitionDataset, episode: int, obs: sp.Batch, next_obs: sp.Batch) -> None:
