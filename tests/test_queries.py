@@ -15,8 +15,8 @@ from PIL import Image
 
 from rlrm import model as rm
 from rlrm.data.dataset import TransitionDataset
-from rlrm.data.preferences import read_preference_file
-from rlrm.data.query_page import STORAGE_PREFIX
+from rlrm.data.preferences import SegmentPairs, read_preference_file
+from rlrm.data.query_page import STORAGE_PREFIX, page_data, render_page
 from rlrm.data.render import check_replay, write_clips
 from rlrm.data.rollout import collect, replay_episode
 from rlrm.data.selection import preference_probability, select_pairs
@@ -202,3 +202,11 @@ def test_cli_bad_inputs(cartpole_ds: TransitionDataset, cartpole_dir: Path, mode
     err = _one_line_error(capsys, ["--data", str(seedless), "--n", "2", "--out", str(tmp_path / "q")])
     assert "collected before rlrm recorded episode seeds): re-collect" in err
     assert not (tmp_path / "q").exists()
+
+
+def test_page_escapes_what_it_embeds() -> None:
+    pairs = SegmentPairs.from_arrays([0], [1], [2], [3], 4)
+    page = render_page(page_data(pairs, [("clips/a</script>.gif", "clips/b.gif")], "abc",
+                                 "task </script><script>alert(1)</script>"))
+    assert page.count("</script>") == 2  # the page's own two script blocks, nothing injected
+    assert "&lt;/script&gt;&lt;script&gt;alert(1)" in page and '"storage_key": "rlrm-queries:abc"' in page

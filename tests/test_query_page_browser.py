@@ -80,6 +80,9 @@ def test_answer_page_in_chromium(cartpole_ds: TransitionDataset, tmp_path: Path)
 
         driver.refresh()
         assert text("progress") == "Answered 3 of 4" and text("position") == "Pair 4 of 4"
+        driver.find_element(By.TAG_NAME, "body").send_keys("s")  # the keys work too: skip the last pair
+        assert text("progress") == "Answered 3 of 4 (1 skipped)" and text("current-answer") == "Your answer: skip"
+        driver.save_screenshot(str(tmp_path / "page.png"))
         driver.find_element(By.ID, "previous").click()
         assert text("current-answer") == "Your answer: equal"
         assert driver.find_element(By.ID, "answer-equal").get_attribute("aria-pressed") == "true"
