@@ -15,7 +15,7 @@ from PIL import Image
 
 from rlrm import model as rm
 from rlrm.data.dataset import TransitionDataset
-from rlrm.data.preferences import SegmentPairs, read_preference_file
+from rlrm.data.preferences import PreferenceDataset, SegmentPairs, read_preference_file
 from rlrm.data.query_page import STORAGE_PREFIX, page_data, render_page
 from rlrm.data.render import check_replay, write_clips
 from rlrm.data.rollout import collect, replay_episode
@@ -210,3 +210,30 @@ def test_page_escapes_what_it_embeds() -> None:
                                  "task </script><script>alert(1)</script>"))
     assert page.count("</script>") == 2  # the page's own two script blocks, nothing injected
     assert "&lt;/script&gt;&lt;script&gt;alert(1)" in page and '"storage_key": "rlrm-queries:abc"' in page
+
+
+def test_cli_disagreement_with_an_ensemble(cartpole_ds: TransitionDataset, cartpole_dir: Path,
+                                           tmp_path: Path) -> None:
+    ensemble = pytest.importorskip("rlrm.model.ensemble", reason="the ensemble model is not in this checkout yet")
+    members = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        member = RewardModel(ModelConfig(encoder=[16, 16]))
+        member.add_task(cartpole_ds.task, cartpole_ds.obs_space, cartpole_ds.action_space)
+        members.append(member.eval())
+    path = rm.save(ensemble.RewardEnsemble(members), tmp_path / "ensemble.safetensors")
+    out = tmp_path / "q"
+    assert entry(["--data", str(cartpole_dir), "--model", str(path), "--select", "disagreement", "--n", "2",
+                  "--candidates", "10", "--length", "4", "--out", str(out), "--width", "48"]) == 0
+    assert json.loads((out / "query_set.json").read_text())["ensemble_members"] == 3
+    # the chosen pairs are the two candidates whose members' preference probabilities vary most
+    ds = cartpole_ds
+    candidates = sample_pairs(ds, 10, 4, np.random.default_rng(0))  # the CLI's first draw with --seed 0
+    prefs = PreferenceDataset.from_pairs(ds, candidates, np.zeros(10, np.int8), "candidates")
+    rewards = [m.predict(ds.task.name, ds.obs, ds.action, ds.next_obs, ds.terminated) for m in members]
+    p_left = np.array([1 / (1 + np.exp(-np.subtract(*prefs.segment_returns(r)))) for r in rewards])
+    top = np.argsort(-p_left.var(axis=0))[:2]
+    written = [json.loads(line) for line in (out / "queries.jsonl").read_text().splitlines()]
+    assert [(rec["left"]["episode"], rec["left"]["start"], rec["right"]["episode"], rec["right"]["start"])
+            for rec in written] == [(candidates.left_episode[i], candidates.left_start[i], candidates.right_episode[i],
+                                     candidates.right_start[i]) for i in top]
