@@ -23,9 +23,11 @@ from tqdm.auto import tqdm
 
 from rlrm import metrics
 from rlrm.data.dataset import TransitionDataset
+from rlrm.data.preferences import PreferenceDataset
 from rlrm.errors import ConfigError
 from rlrm.model.network import ModelConfig, RewardModel, head_key
 from rlrm.tracking import NullTracker, Tracker
+from rlrm.train import bradley_terry as bt
 from rlrm.train.heldout import predict_dataset, task_metrics
 from rlrm.train.weighting import TASK_WEIGHTING, TaskWeighting, make_weighting
 
@@ -44,6 +46,7 @@ class TrainConfig:
         epoch is then a validation period), so 64 labels train for ``epochs * min_epoch_steps`` steps (1,000 by
         default) rather than ~50.
     :param task_weighting: how tasks share the update of the shared weights (:mod:`rlrm.train.weighting`).
+    :param pref_batch: preference pairs per step and task (Bradley-Terry loss; :mod:`rlrm.train.bradley_terry`).
     :param finetune_lr_scale: when extending a trained model without freezing it, its existing weights learn at
         ``lr * finetune_lr_scale`` (new heads and stems at ``lr``), so a few labels adjust the encoder
         rather than overwrite what it learned from the other tasks.
@@ -61,6 +64,7 @@ class TrainConfig:
     min_epoch_steps: int = 20
     task_weighting: str = "equal"
     finetune_lr_scale: float = 0.1
+    pref_batch: int = 32
 
     def __post_init__(self) -> None:
         if self.sampling not in SAMPLING:
@@ -148,13 +152,19 @@ class _Setup:
     gen: torch.Generator
     val_episodes: dict[str, list[int]]
     weighting: TaskWeighting
+    prefs: list[bt.PreferenceData] = field(default_factory=list)
 
 
 def train_reward_model(datasets: Sequence[TransitionDataset], config: TrainConfig | None = None,
                        model: RewardModel | None = None, model_config: ModelConfig | None = None,
-                       tracker: Tracker | None = None, progress: bool = True) -> TrainResult:
-    """Train (or extend) a reward model on the datasets of one or more tasks.
+                       tracker: Tracker | None = None, progress: bool = True,
+                       preferences: Sequence[tuple[PreferenceDataset, TransitionDataset]] = ()) -> TrainResult:
+    """Train (or extend) a reward model on the labeled transitions and segment preferences of one or more tasks.
 
+    :param datasets: labeled transitions (regression on the labels), at most one dataset per task.
+    :param preferences: ``(preferences, the transitions they point into)`` per task, at most one per task
+        (Bradley-Terry loss); a task may have labels, preferences or both, and every task shares the encoder. The
+        transitions' own labels are not trained on unless the dataset is also in ``datasets``.
     :param model: an existing model to extend: tasks it lacks get new heads; with
         ``config.freeze_encoder`` only the new heads/stems are trained. A task it has keeps the validation
         episodes stored with it.
@@ -162,35 +172,47 @@ def train_reward_model(datasets: Sequence[TransitionDataset], config: TrainConfi
     """
     cfg = config or TrainConfig()
     names = [ds.task.name for ds in datasets]
-    if not datasets:
-        raise ConfigError("no datasets to train on")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"two datasets for the same task: {names}; merge them or rename a task")
+    pref_names = [ds.task.name for _, ds in preferences]
+    if not datasets and not preferences:
+        raise ConfigError("no datasets or preferences to train on")
+    for what, seen in (("datasets", names), ("preference sets", pref_names)):
+        if len(set(seen)) != len(seen):
+            raise ConfigError(f"two {what} for the same task: {seen}; merge them or rename a task")
     torch.manual_seed(cfg.seed)
     model = model if model is not None else RewardModel(model_config)
     start = time.perf_counter()
-    setup = _setup(model, datasets, cfg)
+    setup = _setup(model, datasets, cfg, preferences)
     history, best_epoch, t_train = _fit(model, setup, cfg, tracker or NullTracker(), progress)
+    for pd in setup.prefs:
+        if pd.name not in names:  # preferences alone fix the reward up to shift and scale
+            bt.standardize(model, pd)
     seen = len(history) * setup.steps * sum(d.share for d in setup.trained)
     results = _report(model, setup, cfg, history, best_epoch)
     return TrainResult(model, results, history, best_epoch, time.perf_counter() - start,
                        seen / t_train if t_train > 0 else 0.0)
 
 
-def _setup(model: RewardModel, datasets: Sequence[TransitionDataset], cfg: TrainConfig) -> _Setup:
+def _setup(model: RewardModel, datasets: Sequence[TransitionDataset], cfg: TrainConfig,
+           preferences: Sequence[tuple[PreferenceDataset, TransitionDataset]] = ()) -> _Setup:
     """Add heads for new tasks, split each dataset, fit what is new (statistics, label scales), build the optimizer."""
     stored = dict(model.meta.get("training", {}).get("validation_episodes") or {})
-    new_tasks = [ds.task.name for ds in datasets if ds.task.name not in model.tasks]
+    everything = [*datasets, *(ds for _, ds in preferences)]
+    new_tasks = list(dict.fromkeys(ds.task.name for ds in everything if ds.task.name not in model.tasks))
     groups_before = set(model.groups)
-    for ds in datasets:
-        if ds.task.name in new_tasks:
+    for ds in everything:
+        if ds.task.name in new_tasks and ds.task.name not in model.tasks:
             model.add_task(ds.task, ds.obs_space, ds.action_space)
     new_groups = set(model.groups) - groups_before
     data = [_task_data(model, ds, cfg, stored.get(ds.task.name) if ds.task.name not in new_tasks else None)
             for ds in datasets]
+    val_of = {d.name: np.unique(d.val.episode) for d in data}
+    prefs = [bt.prepare(model, p, ds, _pref_val_episodes(ds, cfg, val_of, stored, new_tasks), cfg.pref_batch)
+             for p, ds in preferences]
     # Statistics come from training rows only, and only for what is new: a trained group keeps its own.
     for gid in new_groups:
-        x = torch.cat([d.x_train for d in data if model.tasks[d.name].group == gid]).double()
+        x = torch.cat([d.x_train for d in data if model.tasks[d.name].group == gid]
+                      + [pd.x[torch.from_numpy(pd.train_rows)] for pd in prefs
+                         if model.tasks[pd.name].group == gid]).double()
         model.set_normalization(gid, x.mean(0).numpy(), x.std(0, unbiased=False).numpy(), x.min(0).values.numpy(),
                                 x.max(0).values.numpy())
     for d in data:
@@ -200,18 +222,39 @@ def _setup(model: RewardModel, datasets: Sequence[TransitionDataset], cfg: Train
         d.z_train = (d.y_train - info.label_mean) / (info.label_std or 1.0)
         d.z_val = (d.y_val - info.label_mean) / (info.label_std or 1.0)
     trained = [d for d in data if model.tasks[d.name].label_std > 0]
+    if any(model.tasks[pd.name].label_std == 0 for pd in prefs):
+        bad = next(pd.name for pd in prefs if model.tasks[pd.name].label_std == 0)
+        raise ConfigError(f"task {bad!r}: its labels are constant, so its reward is that constant; preferences "
+                          "cannot change it (train the preferences under another task name)")
     for d, s in zip(trained, _shares([len(d.y_train) for d in trained], cfg.batch_size, cfg.sampling)
                     if trained else []):
         d.share = s
     _set_trainable(model, cfg, new_tasks, new_groups)
-    shared = [p for gid in {model.tasks[d.name].group for d in trained} for p in model.stems[gid].parameters()]
-    weighting = make_weighting(cfg.task_weighting, [d.name for d in trained],
+    groups = {model.tasks[name].group for name in [*(d.name for d in trained), *(pd.name for pd in prefs)]}
+    shared = [p for gid in sorted(groups) for p in model.stems[gid].parameters()]
+    weighting = make_weighting(cfg.task_weighting, [*(d.name for d in trained),
+                                                    *(f"{pd.name} (preferences)" for pd in prefs)],
                                [*shared, *model.encoder.parameters()], cfg.seed)
     opt = _optimizer(model, cfg, new_tasks, new_groups, weighting)
     steps = max(1, math.ceil(sum(len(d.y_train) for d in trained) / cfg.batch_size),
-                cfg.min_epoch_steps)
-    val_episodes = {**stored, **{d.name: np.unique(d.val.episode).tolist() for d in data}}
-    return _Setup(data, trained, opt, steps, torch.Generator().manual_seed(cfg.seed), val_episodes, weighting)
+                *(math.ceil(pd.n_train / cfg.pref_batch) for pd in prefs), cfg.min_epoch_steps)
+    val_episodes = {**stored, **{pd.name: np.unique(pd.val_transitions.episode).tolist() for pd in prefs},
+                    **{d.name: np.unique(d.val.episode).tolist() for d in data}}
+    return _Setup(data, trained, opt, steps, torch.Generator().manual_seed(cfg.seed), val_episodes, weighting,
+                  prefs)
+
+
+def _pref_val_episodes(ds: TransitionDataset, cfg: TrainConfig, val_of: dict[str, np.ndarray],
+                       stored: dict[str, list[int]], new_tasks: list[str]) -> np.ndarray:
+    """Validation episodes of a preference task: its labeled dataset's, else the stored ones of a task the model
+    has, else a split of its transitions by :func:`split_seed`."""
+    name = ds.task.name
+    if name in val_of:
+        return val_of[name]
+    if name not in new_tasks and stored.get(name):
+        return np.asarray(stored[name], np.int64)
+    _, val = ds.split_by_episode(cfg.val_frac, seed=split_seed(name, cfg.seed))
+    return np.unique(val.episode)
 
 
 def _task_data(model: RewardModel, ds: TransitionDataset, cfg: TrainConfig,
@@ -268,13 +311,13 @@ def _fit(model: RewardModel, setup: _Setup, cfg: TrainConfig, tracker: Tracker,
     best = (math.inf, 0, copy.deepcopy(model.state_dict()))
     history: list[dict[str, float]] = []
     t_train = 0.0
-    epochs = range(1, cfg.epochs + 1) if setup.trained else range(0)
+    epochs = range(1, cfg.epochs + 1) if setup.trained or setup.prefs else range(0)
     bar = tqdm(epochs, desc="train reward", unit="epoch", disable=not progress, leave=False)
     for epoch in bar:
         t0 = time.perf_counter()
         train_loss = _epoch(model, setup)
         t_train += time.perf_counter() - t0
-        row = {"epoch": epoch, "train/loss": train_loss, **_validate(model, setup.trained),
+        row = {"epoch": epoch, "train/loss": train_loss, **_validate(model, setup),
                **setup.weighting.state()}
         row["val/loss"] = row.get("val/loss", train_loss)
         history.append(row)
@@ -295,13 +338,15 @@ def _epoch(model: RewardModel, setup: _Setup) -> float:
     loss."""
     model.train()
     total = sum(d.share for d in setup.trained)
-    weights = [d.share / total for d in setup.trained]
+    terms = len(setup.trained) + len(setup.prefs)
+    weights = [d.share / total * len(setup.trained) / terms for d in setup.trained] + [1 / terms] * len(setup.prefs)
     running = 0.0
     for _ in range(setup.steps):
         losses = []
         for d in setup.trained:
             idx = _next_indices(d, d.share, setup.gen)
             losses.append(F.mse_loss(model.forward_standardized(d.name, d.x_train[idx]), d.z_train[idx]))
+        losses += [bt.loss(model, pd, setup.gen) for pd in setup.prefs]
         setup.opt.zero_grad(set_to_none=True)
         loss = setup.weighting.backward(losses, weights)
         setup.opt.step()
@@ -311,11 +356,17 @@ def _epoch(model: RewardModel, setup: _Setup) -> float:
 
 
 @torch.no_grad()
-def _validate(model: RewardModel, trained: list[_TaskData]) -> dict[str, float]:
-    """Validation loss per trained task (standardized units), R² from the same numbers, and their mean."""
+def _validate(model: RewardModel, setup: _Setup) -> dict[str, float]:
+    """Validation loss per trained task (standardized units; preferences: cross-entropy), R² from the same numbers,
+    preference accuracy, and the mean loss."""
     row: dict[str, float] = {}
     losses = []
-    for d in trained:
+    for pd in setup.prefs:
+        out = bt.validate(model, pd)
+        if out:
+            row[f"val/{pd.name}/pref_loss"], row[f"val/{pd.name}/pref_acc"] = out["loss"], out["acc"]
+            losses.append(out["loss"])
+    for d in setup.trained:
         if not len(d.y_val):
             continue
         loss = float(F.mse_loss(model.forward_standardized(d.name, d.x_val), d.z_val))
@@ -332,12 +383,23 @@ def _validate(model: RewardModel, trained: list[_TaskData]) -> dict[str, float]:
 def _report(model: RewardModel, setup: _Setup, cfg: TrainConfig, history: list[dict[str, float]],
             best_epoch: int) -> dict[str, dict[str, Any]]:
     """Held-out metrics of every task (constant ones too), recorded in the model's metadata with the config."""
-    results = {}
+    results: dict[str, dict[str, Any]] = {}
     for d in setup.data:
         results[d.name] = {"n_train": len(d.train), "n_val": len(d.val), **task_metrics(model, d.val)}
         results[d.name]["train_r2"] = metrics.r2(predict_dataset(model, d.train), d.train.label)
+    for pd in setup.prefs:
+        if pd.name not in results:  # preferences only: the transitions' labels are the teacher's reward, if any;
+            # r2/mse against them mean nothing for a reward known up to shift and scale
+            quality = task_metrics(model, pd.val_transitions)
+            results[pd.name] = {"n_train": len(pd.train_rows), "n_val": len(pd.val_transitions), **quality,
+                                "mse": float("nan"), "r2": float("nan"), "feedback": "preferences"}
+        else:
+            results[pd.name]["feedback"] = "labels+preferences"
+        results[pd.name].update(bt.report(model, pd))
     model.meta["training"] = {**asdict(cfg), "best_epoch": best_epoch, "epochs_run": len(history),
                               "datasets": {d.name: d.train.info for d in setup.data},
+                              "preferences": {pd.name: {**pd.prefs.info, "pairs": len(pd.prefs),
+                                                        "sources": pd.prefs.sources} for pd in setup.prefs},
                               "constant_labels": [d.name for d in setup.data if not d.share],
                               "validation_episodes": setup.val_episodes,
                               "steps_per_epoch": setup.steps, "weighting": setup.weighting.state()}
