@@ -1,6 +1,12 @@
-"""Save/load a ``RewardModel`` as one safetensors file: weights as tensors, everything else as JSON in
-the file's metadata. Loading never unpickles, and checks the JSON header (sizes, tensor shapes) before it
-allocates anything; writing is atomic."""
+"""Save/load a ``RewardModel`` or a ``RewardEnsemble`` as one safetensors file: weights as tensors, everything
+else as JSON in the file's metadata. Loading never unpickles, and checks the JSON header (sizes, tensor shapes,
+member count) before it allocates anything; writing is atomic.
+
+An ensemble file stores member ``k``'s tensors under ``m{k}.``; its description is member 0's (so a reader of
+``tasks`` needs nothing new) plus ``ensemble`` (K) and ``members`` (each member's own description). It is format
+version 3, so an rlrm from before ensembles says "upgrade rlrm" instead of failing on the tensor names; a single
+model is still written as version 2.
+"""
 
 from __future__ import annotations
 
@@ -18,13 +24,16 @@ from safetensors.torch import save as st_save
 
 import rlrm
 from rlrm import atomic
-from rlrm.errors import ModelFileError
+from rlrm.errors import ConfigError, ModelFileError
 from rlrm.formats import check_format
+from rlrm.model.ensemble import MAX_MEMBERS, RewardEnsemble
 from rlrm.model.network import CLIP, RewardModel
 
 FORMAT = "rlrm.reward_model"
-#: 2: clip bounds per input group (``norm_low_*``, ``norm_high_*``); version 1 files get mean -/+ CLIP std
-FORMAT_VERSION = 2
+#: 2: clip bounds per input group (``norm_low_*``, ``norm_high_*``); version 1 files get mean -/+ CLIP std.
+#: 3: ensembles (``ensemble``, ``members``, tensors ``m{k}.*``); single models are still written as 2
+FORMAT_VERSION = 3
+_SINGLE_VERSION = 2
 META_KEY = "rlrm"
 #: what a model file may ask for: beyond these it is refused before anything is built
 MAX_PARAMETERS = 10**8
@@ -33,12 +42,15 @@ MAX_DISCRETE = 4096  # a Discrete space's one-hot table is n x n
 _MAX_HEADER = 100 * 2**20  # safetensors' own limit on its JSON header
 
 
-def save(model: RewardModel, path: str | os.PathLike) -> Path:
-    """Write ``model`` to ``path`` (``.safetensors``) atomically; records the rlrm version and config."""
+def save(model: RewardModel | RewardEnsemble, path: str | os.PathLike) -> Path:
+    """Write ``model`` (or an ensemble, all members in the one file) to ``path`` (``.safetensors``) atomically;
+    records the rlrm version and config."""
     path = Path(path)
-    desc = {"format": FORMAT, "format_version": FORMAT_VERSION, "rlrm_version": rlrm.__version__,
-            **model.describe()}
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    version = FORMAT_VERSION if isinstance(model, RewardEnsemble) else _SINGLE_VERSION
+    desc = {"format": FORMAT, "format_version": version, "rlrm_version": rlrm.__version__, **model.describe()}
+    members = model.members if isinstance(model, RewardEnsemble) else [model]
+    tensors = {f"{_prefix(model, k)}{name}": v.detach().cpu().contiguous()
+               for k, m in enumerate(members) for name, v in m.state_dict().items()}
     atomic.write_bytes(path, st_save(tensors, metadata={META_KEY: json.dumps(desc)}))
     return path
 
@@ -48,26 +60,57 @@ def read_description(path: str | os.PathLike) -> dict:
     return _read_header(Path(path))[0]
 
 
-def load(path: str | os.PathLike) -> RewardModel:
-    """Load a model saved by :func:`save` (safetensors + JSON; nothing is executed).
+def _prefix(model: RewardModel | RewardEnsemble, k: int) -> str:
+    return f"m{k}." if isinstance(model, RewardEnsemble) else ""
 
-    The header alone is checked first: sizes within ``MAX_WIDTH``/``MAX_PARAMETERS``, and every tensor's shape
-    as the description implies; the model is built without memory (torch's meta device) until then.
+
+def load(path: str | os.PathLike) -> RewardModel | RewardEnsemble:
+    """Load a model saved by :func:`save` (safetensors + JSON; nothing is executed): a :class:`RewardModel`, or a
+    :class:`RewardEnsemble` for an ensemble file.
+
+    The header alone is checked first: member count within ``MAX_MEMBERS``, sizes within
+    ``MAX_WIDTH``/``MAX_PARAMETERS`` (all members together), and every tensor's shape as the description implies;
+    the members are built without memory (torch's meta device) until then.
     """
     path = Path(path)
     desc, header = _read_header(path)
-    _check_sizes(path, desc)
+    member_descs = _member_descriptions(path, desc)
+    if sum(_check_sizes(path, d) for d in member_descs) > MAX_PARAMETERS:
+        raise ModelFileError(f"{path}: the {len(member_descs)} members ask for more than {MAX_PARAMETERS:,} "
+                             "parameters together")
+    prefixes = [f"m{k}." for k in range(len(member_descs))] if "ensemble" in desc else [""]
     try:
         with torch.device("meta"):
-            model = RewardModel.from_description(desc)
-    except ModelFileError as err:
+            members = [RewardModel.from_description(d) for d in member_descs]
+        ensemble = RewardEnsemble(members, desc.get("meta") or {}) if "ensemble" in desc else None
+    except (ModelFileError, ConfigError) as err:
         raise ModelFileError(f"{path}: {err}") from None
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    expected = {p + k: tuple(v.shape) for p, m in zip(prefixes, members) for k, v in m.state_dict().items()}
     _check_shapes(path, header, expected, desc["format_version"])
     tensors = _read_tensors(path)
-    model.to_empty(device="cpu")
-    model.load_state_dict(tensors, strict=False)
-    if desc["format_version"] < 2:
+    for p, m in zip(prefixes, members):
+        m.to_empty(device="cpu")
+        m.load_state_dict({k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}, strict=False)
+        _finish(m, desc["format_version"])
+    return members[0] if ensemble is None else ensemble
+
+
+def _member_descriptions(path: Path, desc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The descriptions of the file's models: the file's own, or an ensemble's members (count checked)."""
+    if "ensemble" not in desc:
+        return [desc]
+    k, members = desc["ensemble"], desc.get("members")
+    if not isinstance(k, int) or isinstance(k, bool) or not 2 <= k <= MAX_MEMBERS:
+        raise ModelFileError(f"{path}: field 'ensemble' is {k!r}; expected a member count from 2 to {MAX_MEMBERS}")
+    if not isinstance(members, list) or len(members) != k or not all(isinstance(m, dict) for m in members):
+        raise ModelFileError(f"{path}: field 'members': expected {k} member descriptions, found "
+                             f"{len(members) if isinstance(members, list) else type(members).__name__}")
+    return members
+
+
+def _finish(model: RewardModel, version: int) -> None:
+    """Bounds of files from before them, and eval mode."""
+    if version < 2:
         with torch.no_grad():
             for gid in model.groups:
                 mean, std = model.normalization(gid)
@@ -75,7 +118,6 @@ def load(path: str | os.PathLike) -> RewardModel:
                 low.copy_(mean - CLIP * std)
                 high.copy_(mean + CLIP * std)
     model.eval()
-    return model
 
 
 def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -107,8 +149,8 @@ def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return desc, header
 
 
-def _check_sizes(path: Path, desc: dict[str, Any]) -> None:
-    """Refuse a description that asks for absurd sizes, from its numbers alone."""
+def _check_sizes(path: Path, desc: dict[str, Any]) -> int:
+    """Refuse a description that asks for absurd sizes, from its numbers alone; returns its parameter count."""
     try:
         config, groups, tasks = desc["config"], desc["groups"], desc["tasks"]
         widths = [int(w) for w in config["encoder"]]
@@ -124,6 +166,7 @@ def _check_sizes(path: Path, desc: dict[str, Any]) -> None:
     params += sum(a * b + b for a, b in itertools.pairwise(widths)) + len(tasks) * (widths[-1] + 1 if widths else 0)
     if params > MAX_PARAMETERS:
         raise ModelFileError(f"{path}: the description asks for {params:,} parameters; at most {MAX_PARAMETERS:,}")
+    return params
 
 
 def _group_dim(group: dict[str, Any], inputs: list[str]) -> int:
