@@ -155,7 +155,7 @@ def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[st
 
 METRIC_COLUMNS = ["task", "n_train", "n_val", "mse", "r2", "spearman", "ranking_acc"]
 #: shown when some task has them: EPIC distance to the labels' reward function, the single-task comparison
-OPTIONAL_METRIC_COLUMNS = ["epic", "single_task_r2", "negative_transfer"]
+OPTIONAL_METRIC_COLUMNS = ["epic", "pref_acc", "n_pairs_val", "single_task_r2", "negative_transfer"]
 
 
 @contextmanager
@@ -187,5 +187,7 @@ def print_metrics(out: Path, result: TrainResult) -> None:
     print_table(f"Reward model {out} (held-out episodes; {how}best epoch {result.best_epoch}/{len(result.history)}; "
                 f"metrics in {metrics_path(out)})", rows, METRIC_COLUMNS + extra,
                 caption="r2/spearman '-': the labels are constant there (mse tells the fit)"
+                + ("; preference-only tasks: no mse/r2 (their reward is known up to shift and scale), pref_acc on "
+                   "held-out pairs" if "pref_acc" in extra else "")
                 + ("; negative_transfer: held-out r2 below the task's single-task model's by > 0.01"
                    if "negative_transfer" in extra else ""))

@@ -10,12 +10,14 @@ from rlrm import cli
 from rlrm.atomic import slug
 from rlrm.data.behaviour import builtin_policy
 from rlrm.data.rollout import Policy, collect, summary_row
+from rlrm.data.teachers import Teacher, make_preferences
 from rlrm.errors import ConfigError
 from rlrm.rl.files import UntrustedAgentFile
 from rlrm.rl.saved import agent_policy
 from rlrm.tasks import Task, load_catalog
 
-FLAGS = {"policy": "--policy", "agent": "--policy", "steps": "--steps", "out": "--out"}
+FLAGS = {"policy": "--policy", "agent": "--policy", "steps": "--steps", "out": "--out", "teacher": "--teacher",
+         "segment length": "--segment-length", "n": "--preferences"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random | PATH.zip | mixture:PATH.zip:EPS | rlrm:NAME(key=value, ...), a shipped behaviour "
                         "policy such as rlrm:cartpole_wander (see rlrm.data.behaviour)")
     p.add_argument("--labeler", default=None, help="override: env | python:module:function | file:PATH")
+    p.add_argument("--preferences", type=int, default=0, metavar="N", help="also ask a synthetic teacher about N "
+                   "random segment pairs per task (saved as <out>/<task>.preferences beside the dataset)")
+    p.add_argument("--teacher", default="oracle", help="oracle | stochastic:beta=B | myopic:gamma=G | mistake:eps=E | "
+                   "skip:T | equal:T, combined with '+' (B-Pref teachers over the task's labels)")
+    p.add_argument("--segment-length", type=int, default=25)
     p.add_argument("--n-envs", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("data"), help="output folder; one dataset per task inside")
@@ -44,6 +51,10 @@ def main(args: argparse.Namespace) -> int:
     tasks = catalog.resolve(args.task, args.suite)
     if not tasks:
         raise ConfigError("name at least one --task or --suite")
+    teacher = Teacher.parse(args.teacher) if args.preferences else None  # a bad spec fails before any rollout
+    if args.preferences < 0 or args.segment_length < 1:
+        raise ConfigError(f"--preferences must be >= 0 and --segment-length >= 1, got {args.preferences} and "
+                          f"{args.segment_length}")
     rows = []
     for i, task in enumerate(tasks):
         seed = args.seed + 1000 * i
@@ -51,9 +62,16 @@ def main(args: argparse.Namespace) -> int:
         ds = collect(task, args.steps, policy, n_envs=args.n_envs, seed=seed, labeler=args.labeler,
                      progress=not args.no_progress, policy_name=args.policy)
         path = ds.save(args.out / slug(task.name))
-        rows.append({**summary_row(ds), "path": str(path)})
+        row = {**summary_row(ds), "path": str(path)}
+        if teacher is not None:
+            prefs = make_preferences(ds, ds.label, args.preferences, args.segment_length, teacher, seed)
+            prefs.save(args.out / f"{slug(task.name)}.preferences", dataset_dir=path)
+            row["pairs"] = len(prefs)
+        rows.append(row)
+    columns = ["task", "transitions", "episodes", "label_source", "label_mean", "label_std", "path"]
     cli.print_table(f"Collected transitions ({args.policy} policy)", rows,
-                ["task", "transitions", "episodes", "label_source", "label_mean", "label_std", "path"])
+                    [*columns[:-1], "pairs", "path"] if teacher is not None else columns,
+                    caption=f"pairs: answered by teacher {teacher.spec!r} (skipped ones dropped)" if teacher else None)
     return 0
 
 

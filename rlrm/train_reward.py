@@ -23,7 +23,13 @@ ARCHITECTURE = {"encoder": [64, 64], "activation": "relu", "layer_norm": False, 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__)
-    p.add_argument("--data", nargs="+", required=True, help="dataset folders (or folders of datasets)")
+    p.add_argument("--data", nargs="+", default=[], help="labeled dataset folders (or folders of datasets): their "
+                   "labels are trained on (regression)")
+    p.add_argument("--preferences", nargs="+", default=[], help="preference folders (rlrm.collect --preferences), "
+                   "folders of them, or answers.jsonl files from the rlrm.queries page (Bradley-Terry loss)")
+    p.add_argument("--preference-data", type=Path, default=None, help="the dataset a .jsonl answers file points "
+                   "into (default: from query_set.json beside it)")
+    p.add_argument("--pref-batch", type=int, default=32, help="preference pairs per step and task")
     p.add_argument("--tasks", nargs="+", default=[], help="train only these tasks (default: all found)")
     p.add_argument("--out", type=Path, default=Path("models/reward_model.safetensors"))
     p.add_argument("--init", type=Path, default=None, help="extend this model with the tasks it lacks, choosing a "
@@ -62,14 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     cli.allow_typed_env_modules(args.env_module)
+    if not args.data and not args.preferences:
+        raise ConfigError("give labeled data (--data DIR) and/or preferences (--preferences PATH)")
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                       val_frac=args.val_frac, seed=args.seed, sampling=args.sampling, patience=args.patience,
                       min_epoch_steps=args.min_epoch_steps, task_weighting=args.task_weighting,
-                      finetune_lr_scale=args.finetune_lr_scale)
+                      finetune_lr_scale=args.finetune_lr_scale, pref_batch=args.pref_batch)
     adapt = "frozen" if args.freeze_encoder else "finetune" if args.finetune else "auto"
     with cli.show_data_warnings(PROG):
         result = train_job(args.data, args.out, cfg, model_config(args), tasks=args.tasks, init=args.init,
                            adapt=adapt, single_task_baselines=args.single_task_baselines,
+                           preferences=args.preferences, preference_data=args.preference_data,
                            wandb=cli.wandb_options(args), progress=not args.no_progress)
     cli.print_metrics(args.out, result)
     return 0

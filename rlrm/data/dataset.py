@@ -394,8 +394,19 @@ def find_datasets(paths: Iterable[str | os.PathLike]) -> list[Path]:
     for p in map(Path, paths):
         if (p / MANIFEST).exists():
             found.append(p)
-        elif p.is_dir() and (subs := sorted(d for d in p.iterdir() if (d / MANIFEST).exists())):
+        elif p.is_dir() and (subs := sorted(d for d in p.iterdir() if _holds_transitions(d))):
             found.extend(subs)
         else:
             read_manifest(p)  # raises the precise error (missing / empty / not a dataset)
     return found
+
+
+def _holds_transitions(folder: Path) -> bool:
+    """Whether a folder inside a folder of datasets is a transition dataset (not, e.g., a preference set beside
+    it); a manifest that cannot be read counts as one, so loading it names the problem."""
+    try:
+        return json.loads((folder / MANIFEST).read_text()).get("format", FORMAT) == FORMAT
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, AttributeError):
+        return True

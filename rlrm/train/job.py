@@ -8,13 +8,15 @@ import os
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from rlrm import atomic
 from rlrm import model as rm
 from rlrm.data.dataset import TransitionDataset, find_datasets
+from rlrm.data.feedback import load_feedback
+from rlrm.data.preferences import PreferenceDataset
 from rlrm.errors import ConfigError
 from rlrm.model.network import ModelConfig
 from rlrm.tracking import Tracker, WandbOptions, init_wandb
@@ -72,6 +74,7 @@ def check_writable(out: str | os.PathLike) -> None:
 def train_job(data: Sequence[str | os.PathLike], out: str | os.PathLike, config: TrainConfig,
               model_config: ModelConfig | None = None, *, tasks: Sequence[str] = (),
               init: str | os.PathLike | None = None, adapt: str = "auto", single_task_baselines: bool = False,
+              preferences: Sequence[str | os.PathLike] = (), preference_data: str | os.PathLike | None = None,
               wandb: WandbOptions | None = None, progress: bool = True) -> TrainResult:
     """Train on the datasets under ``data`` and write ``out`` plus ``<stem>.metrics.json`` beside it.
 
@@ -83,6 +86,11 @@ def train_job(data: Sequence[str | os.PathLike], out: str | os.PathLike, config:
         has train on (all weights) when no task is new.
     :param adapt: how new tasks join ``init``'s model: ``auto`` (the better of the two by validation loss),
         ``frozen`` (heads on the frozen encoder) or ``finetune`` (see :mod:`rlrm.train.fewshot`).
+    :param preferences: preference folders, folders of them or JSONL answer files (Bradley-Terry loss; see
+        :mod:`rlrm.data.feedback`); a task may have labels (``data``), preferences, or both. A preference-only task
+        joining ``init``'s model gets a head on its frozen encoder unless ``adapt`` is ``finetune`` (the automatic
+        choice compares labels' validation losses).
+    :param preference_data: the transition dataset of JSONL answer files (default: their ``query_set.json``).
     :param single_task_baselines: also train one model per task alone, on the same split, and report per task
         whether sharing helped or hurt (negative transfer; :mod:`rlrm.train.transfer`).
     """
@@ -97,17 +105,22 @@ def train_job(data: Sequence[str | os.PathLike], out: str | os.PathLike, config:
         raise ConfigError(f"adapt {adapt!r}: a frozen encoder or fine-tuning needs a trained model to start from "
                           "(init)")
     base = rm.load(init) if init else None
-    found = _load(data, tasks)
+    found = _load(data, tasks) if data or not preferences else []
     datasets = [ds for _, ds in found]
     check_env_spaces(datasets, [d for d, _ in found])
+    feedback = [(p, ds) for p, ds in load_feedback(preferences, preference_data) if not tasks or ds.task.name in tasks]
+    if preferences and not feedback:
+        raise ConfigError(f"preferences: none for tasks {list(tasks)} in {list(map(str, preferences))}")
+    check_env_spaces([ds for _, ds in feedback], [p.dataset_dir or Path("?") for p, _ in feedback])
     architecture = base.config if base is not None else (model_config or ModelConfig())
     tracker = init_wandb(wandb, job_type="train_reward", directory=out.parent,
                          config={"train": asdict(config), "model": asdict(architecture), "init": str(init or ""),
-                                 "data": [str(p) for p in data], "tasks": [ds.task.name for ds in datasets]})
+                                 "data": [str(p) for p in data], "preferences": [str(p) for p in preferences],
+                                 "tasks": sorted({ds.task.name for ds in [*datasets, *(d for _, d in feedback)]})})
     try:
         for line in data_warnings(datasets):
             warnings.warn(line, DataWarning, stacklevel=2)
-        result = _train(datasets, config, base, architecture, adapt, tracker, progress)
+        result = _train(datasets, config, base, architecture, adapt, tracker, progress, feedback)
         if single_task_baselines:
             single_task_comparison(result, datasets, config, architecture, progress=progress)
         _write(out, result)
@@ -118,8 +131,14 @@ def train_job(data: Sequence[str | os.PathLike], out: str | os.PathLike, config:
 
 
 def _train(datasets: list[TransitionDataset], config: TrainConfig, base: rm.RewardModel | None,
-           architecture: ModelConfig, adapt: str, tracker: Tracker, progress: bool) -> TrainResult:
+           architecture: ModelConfig, adapt: str, tracker: Tracker, progress: bool,
+           feedback: Sequence[tuple[PreferenceDataset, TransitionDataset]] = ()) -> TrainResult:
     """A new model; new tasks on ``base`` (:func:`extend_model`); or more training of ``base``'s own tasks."""
+    if feedback:
+        if base is not None and any(ds.task.name not in base.tasks for _, ds in feedback):
+            config = replace(config, freeze_encoder=adapt != "finetune")
+        return train_reward_model(datasets, config, model=base, model_config=architecture, tracker=tracker,
+                                  progress=progress, preferences=feedback)
     if base is not None and any(ds.task.name not in base.tasks for ds in datasets):
         return extend_model(base, datasets, config, adapt, tracker, progress)
     if base is not None and adapt == "frozen":

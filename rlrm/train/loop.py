@@ -71,6 +71,8 @@ class TrainConfig:
             raise ConfigError(f"sampling {self.sampling!r}: expected one of {SAMPLING}")
         if self.task_weighting not in TASK_WEIGHTING:
             raise ConfigError(f"task_weighting {self.task_weighting!r}: expected one of {', '.join(TASK_WEIGHTING)}")
+        if self.pref_batch < 1:
+            raise ConfigError(f"pref_batch must be >= 1 preference pairs, got {self.pref_batch}")
         if self.min_epoch_steps < 1 or not 0 < self.finetune_lr_scale <= 1:
             raise ConfigError(f"min_epoch_steps must be >= 1 and finetune_lr_scale in (0, 1], got "
                               f"{self.min_epoch_steps} and "
