@@ -180,3 +180,29 @@ def test_single_task_baselines_report_transfer_per_task(workdir, pendulum_ds, ca
         assert np.isfinite(tasks[t]["single_task_r2"])
         assert tasks[t]["negative_transfer"] == (tasks[t]["r2"] - tasks[t]["single_task_r2"] < -0.01)
     assert "negative_transfer" in " ".join(capsys.readouterr().out.split())
+
+
+def test_cli_few_dozen_labels_from_a_file_that_labels_only_some_transitions(workdir, pretrained, capsys):
+    """The issue's path end to end: collect, a person labels 48 of the transitions in a file, collect again with the
+    task's file: labeler (unlabeled rows are dropped), then add the task to a trained model from the CLI."""
+    from rlrm import collect
+
+    rm.save(pretrained, "base.safetensors")
+    Path("tasks.yaml").write_text("tasks:\n  Pendulum-v1/right:\n    env_id: Pendulum-v1\n"
+                                  "    labeler: file:labels.csv\n")
+    argv = ["--tasks-file", "tasks.yaml", "--task", "Pendulum-v1/right", "--steps", "2000", "--n-envs", "4",
+            "--seed", "7", "--no-progress"]
+    assert collect.entry([*argv, "--labeler", "env", "--out", "raw"]) == 0
+    raw = TransitionDataset.load("raw/Pendulum-v1__right")
+    rows = np.sort(np.random.default_rng(0).choice(len(raw), 48, replace=False))
+    labels.write_label_file(Path("labels.csv"), raw.subset(rows), _right(raw.subset(rows)))
+    assert collect.entry([*argv, "--out", "few"]) == 0
+    assert len(TransitionDataset.load("few/Pendulum-v1__right")) == 48
+    capsys.readouterr()
+    code = train_reward.entry(["--data", "few", "--init", "base.safetensors", "--out", "new.safetensors",
+                               "--epochs", "20", "--min-epoch-steps", "20", "--lr", "3e-3", "--no-progress"])
+    assert code == 0
+    report = json.loads(Path("new.metrics.json").read_text())
+    assert report["adaptation"]["new_tasks"] == ["Pendulum-v1/right"]
+    assert report["tasks"]["Pendulum-v1/right"]["n_val"] == 48  # out-of-fold over every label
+    assert report["tasks"]["Pendulum-v1/right"]["r2"] > 0.5
