@@ -5,8 +5,10 @@ standardization into the first layer, label scale into the head, ones column car
 augmented weight matrices of a layer are then stacked as ``(K, in + 1, out + 1)``. A call is:
 
 - one features fill, shared by every member (the raw features do not depend on the member);
-- one clip into a ``(K, n, d + 1)`` buffer against per-member bounds (each member has its own statistics);
-- per layer, one ``np.matmul`` over the K stacked matrices plus its activation;
+- one copy into a ``(K, n, d + 1)`` buffer and a clip against per-member bounds (each member has its own
+  statistics; a copy then same-shape ufuncs cost less than a broadcasting ``np.maximum``);
+- per layer, one ``np.matmul`` over the K stacked matrices plus its activation (a plain loop for Linear+ReLU
+  MLPs, as :func:`rlrm.model.numpy_fn._relu_runner`);
 - the head (``(K, n, h + 1) @ (K, h + 1, 1)``), then the mean over members as one ``(K,) @ (K, n)`` dot;
   :meth:`NumpyEnsembleRewardFn.with_std` adds four calls for the std (ddof 0) from the same evaluation.
 
@@ -113,23 +115,26 @@ class NumpyEnsembleRewardFn:
         ones = np.ones((k, 1), dt)
         low, high = (np.ascontiguousarray(np.broadcast_to(np.hstack([b, ones])[:, None, :].astype(dt), xk.shape))
                      for b in self._bounds)
-        ops: list[Callable[[], Any]] = [partial(np.maximum, x, low, out=xk), partial(np.minimum, xk, high, out=xk)]
+        # matmul with a positional out: less argument parsing than out= (unlike clip, see numpy_fn)
+        ops: list[Callable[[], Any]] = []
+        relu_layers: list[tuple[np.ndarray, ...]] | None = []  # (in, weight, out, zeros) while all are Linear+ReLU
         src = xk
         for w, (post, on_view) in zip(self._weights[:-1], self._posts):
             out = np.ones((k, n, w.shape[2]), dt)
-            ops.append(partial(np.matmul, src, w, out=out))
+            ops.append(partial(np.matmul, src, w, out))
             view = out[:, :, :-1] if on_view else out
             for op in post:
                 ops.append(partial(np.maximum, view, np.zeros(view.shape, dt), out=view) if op is _relu
                            else partial(op, view))
+            if relu_layers is not None and [op is _relu for op in post] == [True]:
+                relu_layers.append((src, w, out, ops[-1].args[1]))
+            else:
+                relu_layers = None
             src = out
         y = np.empty((k, n, 1), dt)
-        ops.append(partial(np.matmul, src, self._weights[-1], out=y))
-        steps = tuple(ops)
-
-        def layers() -> None:
-            for op in steps:
-                op()
+        head = (src, self._weights[-1], y)
+        layers = _layers(x, xk, low, high, tuple(ops), head) if relu_layers is None else \
+            _relu_layers(x, xk, low, high, tuple(relu_layers), head)
 
         self._x, self._y, self._dev = x[:, :-1], y.reshape(k, n), np.empty((k, n), dt)
         self._fill = _filler(self.group, n, self._x, dt)
@@ -167,3 +172,38 @@ class NumpyEnsembleRewardFn:
     def members(self, obs: Any, action: Any, next_obs: Any, done: Any) -> np.ndarray:
         """Every member's reward, a fresh float32 ``(K, n)`` array."""
         return self._evaluate(obs, action, next_obs, done).astype(np.float32)
+
+
+def _layers(x: np.ndarray, xk: np.ndarray, low: np.ndarray, high: np.ndarray, ops: tuple[Callable[[], Any], ...],
+            head: tuple[np.ndarray, ...]) -> Callable[[], None]:
+    """The clip, the layers (prebuilt operations) and the head, on buffers bound once."""
+    copyto, maximum, minimum, matmul = np.copyto, np.maximum, np.minimum, np.matmul
+    h, wh, y = head
+
+    def run() -> None:
+        copyto(xk, x)
+        maximum(xk, low, out=xk)
+        minimum(xk, high, out=xk)
+        for op in ops:
+            op()
+        matmul(h, wh, y)
+
+    return run
+
+
+def _relu_layers(x: np.ndarray, xk: np.ndarray, low: np.ndarray, high: np.ndarray,
+                 layers: tuple[tuple[np.ndarray, ...], ...], head: tuple[np.ndarray, ...]) -> Callable[[], None]:
+    """:func:`_layers` for Linear+ReLU MLPs (the default): a plain loop of ``matmul`` and ``maximum``."""
+    copyto, maximum, minimum, matmul = np.copyto, np.maximum, np.minimum, np.matmul
+    h, wh, y = head
+
+    def run() -> None:
+        copyto(xk, x)
+        maximum(xk, low, out=xk)
+        minimum(xk, high, out=xk)
+        for src, w, out, zeros in layers:
+            matmul(src, w, out)
+            maximum(out, zeros, out=out)
+        matmul(h, wh, y)
+
+    return run
