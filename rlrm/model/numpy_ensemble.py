@@ -9,8 +9,11 @@ augmented weight matrices of a layer are then stacked as ``(K, in + 1, out + 1)`
   statistics; a copy then same-shape ufuncs cost less than a broadcasting ``np.maximum``);
 - per layer, one ``np.matmul`` over the K stacked matrices plus its activation (a plain loop for Linear+ReLU
   MLPs, as :func:`rlrm.model.numpy_fn._relu_runner`);
-- the head (``(K, n, h + 1) @ (K, h + 1, 1)``), then the mean over members as one ``(K,) @ (K, n)`` dot;
-  :meth:`NumpyEnsembleRewardFn.with_std` adds four calls for the std (ddof 0) from the same evaluation.
+- the heads folded with the mean over members into one matrix-vector dot: the last hidden layer is written in an
+  ``(n, K, h + 1)`` layout (its matmul writes through a transposed view), so its rows are the members' hidden
+  units side by side and ``mean = H @ mean(block-diagonal heads)``. :meth:`NumpyEnsembleRewardFn.with_std` gets
+  the mean and every member's deviation from it in one dot (the centering is linear, so it is folded into the
+  weights in float64: no cancellation of large label means), then the std (ddof 0) in three calls.
 
 So the number of NumPy calls per step is about that of one model (benchmarks/RESULTS.md, issue #10).
 """
@@ -72,14 +75,24 @@ class NumpyEnsembleRewardFn:
         self.action_space = template.action_space
         self.dtype = template.dtype
         self.k = len(bounds[0])
-        self._weights = [np.ascontiguousarray(w, dtype=self.dtype) for w in weights]
+        self._weights = [np.ascontiguousarray(w, dtype=self.dtype) for w in weights[:-1]]
         self._posts = posts
         self._bounds = bounds
-        self._mean_w = np.full(self.k, 1.0 / self.k, self.dtype)
+        k, dt = self.k, self.dtype
+        heads = np.asarray(weights[-1], np.float64).reshape(k, -1)
+        h1 = heads.shape[1]
+        block = np.zeros((k * h1, k))  # member j's head in rows j*h1..(j+1)*h1 of column j
+        for j in range(k):
+            block[j * h1:(j + 1) * h1, j] = heads[j]
+        mean = block.mean(axis=1)
+        self._head_members = block.astype(dt)
+        self._head_mean = mean.astype(dt)
+        # rows 0..K-1: each member's deviation from the mean; row K: the mean
+        self._head_dev_mean = np.ascontiguousarray(np.hstack([block - mean[:, None], mean[:, None]]).T.astype(dt))
+        self._var_w = np.full(k, 1.0 / k, dt)
         self._n = -1
-        self._x = np.empty((0, 0), self.dtype)
-        self._y = np.empty((self.k, 0), self.dtype)
-        self._dev = np.empty((self.k, 0), self.dtype)
+        self._x = np.empty((0, 0), dt)
+        self._h = np.empty((0, k * h1), dt)  # the last hidden layer, (n, K * (h + 1))
         self._fill: Callable[..., bool] = lambda *args: False
         self._layers: Callable[[], None] = lambda: None
 
@@ -119,8 +132,12 @@ class NumpyEnsembleRewardFn:
         ops: list[Callable[[], Any]] = []
         relu_layers: list[tuple[np.ndarray, ...]] | None = []  # (in, weight, out, zeros) while all are Linear+ReLU
         src = xk
-        for w, (post, on_view) in zip(self._weights[:-1], self._posts):
-            out = np.ones((k, n, w.shape[2]), dt)
+        for i, (w, (post, on_view)) in enumerate(zip(self._weights, self._posts)):
+            last = i == len(self._weights) - 1
+            # the last hidden layer as (n, K, w): its (K, n, w) view is what matmul writes (rows of stride K * w,
+            # which BLAS takes as they are), the (n, K * w) matrix what the folded heads read
+            buf = np.ones((n, k, w.shape[2]), dt) if last else None
+            out = buf.transpose(1, 0, 2) if buf is not None else np.ones((k, n, w.shape[2]), dt)
             ops.append(partial(np.matmul, src, w, out))
             view = out[:, :, :-1] if on_view else out
             for op in post:
@@ -131,54 +148,53 @@ class NumpyEnsembleRewardFn:
             else:
                 relu_layers = None
             src = out
-        y = np.empty((k, n, 1), dt)
-        head = (src, self._weights[-1], y)
-        layers = _layers(x, xk, low, high, tuple(ops), head) if relu_layers is None else \
-            _relu_layers(x, xk, low, high, tuple(relu_layers), head)
-
-        self._x, self._y, self._dev = x[:, :-1], y.reshape(k, n), np.empty((k, n), dt)
+            if buf is not None:
+                self._h = buf.reshape(n, -1)
+        layers = _layers(x, xk, low, high, tuple(ops)) if relu_layers is None else \
+            _relu_layers(x, xk, low, high, tuple(relu_layers))
+        self._h_dot, self._ht = self._h.dot, self._h.T
+        self._x = x[:, :-1]
         self._fill = _filler(self.group, n, self._x, dt)
         self._layers = layers
         self._n = n
 
-    def _evaluate(self, obs: Any, action: Any, next_obs: Any, done: Any) -> np.ndarray:
-        """Every member's reward into the ``(K, n)`` buffer (returned; overwritten by the next call)."""
+    def _evaluate(self, obs: Any, action: Any, next_obs: Any, done: Any) -> None:
+        """Fill the features and run the layers up to the last hidden one (``self._h``)."""
         if not self._fill(obs, action, next_obs, done):
             feats = self.group.features(obs, action, next_obs, done)  # any batch predict accepts, or its SpaceError
             if len(feats) != self._n:
                 self._plan(len(feats))
             self._x[...] = feats
         self._layers()
-        return self._y
 
     def __call__(self, obs: Any, action: Any, next_obs: Any, done: Any) -> np.ndarray:
         """The members' mean reward, float32 ``(n,)``."""
-        mean = self._mean_w.dot(self._evaluate(obs, action, next_obs, done))
+        self._evaluate(obs, action, next_obs, done)
+        mean = self._h_dot(self._head_mean)
         return mean if self.dtype is _F32 else mean.astype(np.float32)
 
     def with_std(self, obs: Any, action: Any, next_obs: Any, done: Any) -> tuple[np.ndarray, np.ndarray]:
         """(mean, std across members) of one evaluation, float32 ``(n,)`` each; std with ddof 0."""
-        y = self._evaluate(obs, action, next_obs, done)
-        w, dev = self._mean_w, self._dev
-        mean = w.dot(y)
-        np.subtract(y, mean, out=dev)
+        self._evaluate(obs, action, next_obs, done)
+        out = self._head_dev_mean.dot(self._ht)  # (K + 1, n), fresh: deviations, then the mean
+        dev = out[:-1]
         np.multiply(dev, dev, out=dev)
-        std = w.dot(dev)
+        std = self._var_w.dot(dev)
         np.sqrt(std, out=std)
         if self.dtype is _F32:
-            return mean, std
-        return mean.astype(np.float32), std.astype(np.float32)
+            return out[-1], std
+        return out[-1].astype(np.float32), std.astype(np.float32)
 
     def members(self, obs: Any, action: Any, next_obs: Any, done: Any) -> np.ndarray:
         """Every member's reward, a fresh float32 ``(K, n)`` array."""
-        return self._evaluate(obs, action, next_obs, done).astype(np.float32)
+        self._evaluate(obs, action, next_obs, done)
+        return np.ascontiguousarray(self._h_dot(self._head_members).T, dtype=np.float32)
 
 
-def _layers(x: np.ndarray, xk: np.ndarray, low: np.ndarray, high: np.ndarray, ops: tuple[Callable[[], Any], ...],
-            head: tuple[np.ndarray, ...]) -> Callable[[], None]:
-    """The clip, the layers (prebuilt operations) and the head, on buffers bound once."""
-    copyto, maximum, minimum, matmul = np.copyto, np.maximum, np.minimum, np.matmul
-    h, wh, y = head
+def _layers(x: np.ndarray, xk: np.ndarray, low: np.ndarray, high: np.ndarray,
+            ops: tuple[Callable[[], Any], ...]) -> Callable[[], None]:
+    """The clip and the hidden layers (prebuilt operations), on buffers bound once."""
+    copyto, maximum, minimum = np.copyto, np.maximum, np.minimum
 
     def run() -> None:
         copyto(xk, x)
@@ -186,16 +202,14 @@ def _layers(x: np.ndarray, xk: np.ndarray, low: np.ndarray, high: np.ndarray, op
         minimum(xk, high, out=xk)
         for op in ops:
             op()
-        matmul(h, wh, y)
 
     return run
 
 
 def _relu_layers(x: np.ndarray, xk: np.ndarray, low: np.ndarray, high: np.ndarray,
-                 layers: tuple[tuple[np.ndarray, ...], ...], head: tuple[np.ndarray, ...]) -> Callable[[], None]:
+                 layers: tuple[tuple[np.ndarray, ...], ...]) -> Callable[[], None]:
     """:func:`_layers` for Linear+ReLU MLPs (the default): a plain loop of ``matmul`` and ``maximum``."""
     copyto, maximum, minimum, matmul = np.copyto, np.maximum, np.minimum, np.matmul
-    h, wh, y = head
 
     def run() -> None:
         copyto(xk, x)
@@ -204,6 +218,5 @@ def _relu_layers(x: np.ndarray, xk: np.ndarray, low: np.ndarray, high: np.ndarra
         for src, w, out, zeros in layers:
             matmul(src, w, out)
             maximum(out, zeros, out=out)
-        matmul(h, wh, y)
 
     return run
