@@ -130,7 +130,8 @@ class NumpyEnsembleRewardFn:
                      for b in self._bounds)
         # matmul with a positional out: less argument parsing than out= (unlike clip, see numpy_fn)
         ops: list[Callable[[], Any]] = []
-        relu_layers: list[tuple[np.ndarray, ...]] | None = []  # (in, weight, out, zeros) while all are Linear+ReLU
+        # (in, weight, out, out as a contiguous array, zeros) while all layers are Linear+ReLU
+        relu_layers: list[tuple[np.ndarray, ...]] | None = []
         src = xk
         for i, (w, (post, on_view)) in enumerate(zip(self._weights, self._posts)):
             last = i == len(self._weights) - 1
@@ -139,12 +140,13 @@ class NumpyEnsembleRewardFn:
             buf = np.ones((n, k, w.shape[2]), dt) if last else None
             out = buf.transpose(1, 0, 2) if buf is not None else np.ones((k, n, w.shape[2]), dt)
             ops.append(partial(np.matmul, src, w, out))
-            view = out[:, :, :-1] if on_view else out
+            # activations on the contiguous buffer where they can (a ufunc on the transposed view costs 3x)
+            view = out[:, :, :-1] if on_view else buf if buf is not None else out
             for op in post:
                 ops.append(partial(np.maximum, view, np.zeros(view.shape, dt), out=view) if op is _relu
                            else partial(op, view))
             if relu_layers is not None and [op is _relu for op in post] == [True]:
-                relu_layers.append((src, w, out, ops[-1].args[1]))
+                relu_layers.append((src, w, out, view, ops[-1].args[1]))
             else:
                 relu_layers = None
             src = out
@@ -215,8 +217,8 @@ def _relu_layers(x: np.ndarray, xk: np.ndarray, low: np.ndarray, high: np.ndarra
         copyto(xk, x)
         maximum(xk, low, out=xk)
         minimum(xk, high, out=xk)
-        for src, w, out, zeros in layers:
+        for src, w, out, act, zeros in layers:
             matmul(src, w, out)
-            maximum(out, zeros, out=out)
+            maximum(act, zeros, out=act)
 
     return run
