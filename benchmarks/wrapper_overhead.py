@@ -238,6 +238,11 @@ def main() -> None:
             assert worst <= 1e-5, f"{name}: VecLearnedReward differs from model.predict by {worst}"
         rates = bench_task(task, args.n_envs, rounds, steps, args.seed, args.ensemble)
         raw, mon = rates["raw"], rates["raw+Monitor"]
+        if "VecLearned ensemble" in rates:  # the same rounds, so the machine's load mostly cancels
+            ratios = [x / b for x, b in zip(rates["VecLearned ensemble"], rates["VecLearnedReward"])]
+            q1, med, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+            print(f"{name}: VecLearned ensemble of {args.ensemble} vs VecLearnedReward (one model): {med:.3f}x "
+                  f"(p25-p75 {q1:.3f}-{q3:.3f})")
         for k, v in rates.items():
             ratios = sorted(x / b for x, b in zip(v, raw))
             q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3

@@ -93,6 +93,7 @@ class NumpyEnsembleRewardFn:
         self._n = -1
         self._x = np.empty((0, 0), dt)
         self._h = np.empty((0, k * h1), dt)  # the last hidden layer, (n, K * (h + 1))
+        self._h_dot, self._ht = self._h.dot, self._h.T
         self._fill: Callable[..., bool] = lambda *args: False
         self._layers: Callable[[], None] = lambda: None
 
