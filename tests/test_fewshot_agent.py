@@ -31,6 +31,8 @@ PPO_STEPS = 20_000
 # on the TRUE reward, seeds 0/1/2: 156.2 / 415.7 / 406.8; on this test's learned reward: 189.4 / 423.2 / 363.4
 # (the learned head: out-of-fold r2 0.96, max |learned - true| 0.13 on the pool). 120 is 0.74 of the way from
 # random to the seed-0 true-reward run, and below every learned-reward seed measured.
+# At this budget agents of either reward mostly balance (0.77-0.87 reward per step; 0.80 is balancing at x=0):
+# the test checks learning from the few-shot reward; reaching x=0.75 is benchmarks/fewshot_agent.py's job.
 MIN_TRUE_RETURN = 120.0
 
 
