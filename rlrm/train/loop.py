@@ -224,6 +224,9 @@ def _setup(model: RewardModel, datasets: Sequence[TransitionDataset], cfg: Train
         d.z_train = (d.y_train - info.label_mean) / (info.label_std or 1.0)
         d.z_val = (d.y_val - info.label_mean) / (info.label_std or 1.0)
     trained = [d for d in data if model.tasks[d.name].label_std > 0]
+    if cfg.freeze_encoder:  # a trained task's head is frozen too: its loss could move nothing
+        trained = [d for d in trained if d.name in new_tasks]
+        prefs = [pd for pd in prefs if pd.name in new_tasks]
     if any(model.tasks[pd.name].label_std == 0 for pd in prefs):
         bad = next(pd.name for pd in prefs if model.tasks[pd.name].label_std == 0)
         raise ConfigError(f"task {bad!r}: its labels are constant, so its reward is that constant; preferences "
