@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from rlrm import cli, experiment
+from rlrm import model as rm
+from rlrm.errors import ConfigError
 from rlrm.rl.hyperparams import check_spec, default_algo, load_spec, parse_params
 from rlrm.rl.runs import RunInterrupted, train_run
 from rlrm.tasks import load_catalog
@@ -60,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--reward-scale", type=float, default=1.0)
     r.add_argument("--reward-clip", type=float, default=None)
     r.add_argument("--reward-alpha", type=float, default=1.0, help="alpha*learned + (1-alpha)*true")
+    r.add_argument("--uncertainty", type=float, default=0.0, help="pay mean + U * std of an ensemble reward model "
+                   "(train_reward --ensemble K): U < 0 conservative, U > 0 an exploration bonus (RUNE); not in "
+                   "evaluations")
+    r.add_argument("--uncertainty-decay", type=float, default=0.0, help="U shrinks by this fraction per env step")
     h = p.add_argument_group("agent")
     h.add_argument("-n", "--timesteps", type=int, default=None, help="override n_timesteps")
     h.add_argument("--n-envs", type=int, default=None, help="override n_envs")
@@ -127,6 +133,9 @@ def _main(args: argparse.Namespace, stop: StopRequest) -> int:
     reward_model = args.reward_model
     if reward_model is not None:  # before anything is created: a model that does not load leaves no folder
         experiment.check_reward_model(reward_model, tasks)
+    if args.uncertainty and (reward_model is None or rm.read_description(reward_model).get("ensemble", 1) < 2):
+        raise ConfigError(f"--uncertainty {args.uncertainty}: weighs the std across ensemble members; give an "
+                          "ensemble model (--reward-model M, trained with train_reward --ensemble K)")
     experiment.read_results(args.output_dir)  # a broken results.json is refused before any training
     args.output_dir.mkdir(parents=True, exist_ok=True)
     group = f"train_agent-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -145,7 +154,8 @@ def _main(args: argparse.Namespace, stop: StopRequest) -> int:
         algo=args.algo, seeds=args.seed or [0], rewards=rewards, overrides=overrides,
         hyperparams_dir=args.hyperparams_dir, eval_freq=args.eval_freq, eval_episodes=args.eval_episodes,
         checkpoint_freq=args.checkpoint_freq or 0,
-        shaping=RewardShaping(args.reward_scale, args.reward_clip, args.reward_alpha)))
+        shaping=RewardShaping(args.reward_scale, args.reward_clip, args.reward_alpha, args.uncertainty,
+                              args.uncertainty_decay)))
     results = []
     for i, spec in enumerate(specs, 1):
         if stop.requested:

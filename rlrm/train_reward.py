@@ -16,7 +16,8 @@ from rlrm.train.weighting import TASK_WEIGHTING
 
 PROG = "python -m rlrm.train_reward"
 FLAGS = {"out": "--out", "tasks": "--tasks", "init": "--init", "data": "--data", "adapt": "--freeze-encoder/--finetune",
-         "task_weighting": "--task-weighting", "min_epoch_steps": "--min-epoch-steps"}
+         "task_weighting": "--task-weighting", "min_epoch_steps": "--min-epoch-steps",
+         "ensemble": "--ensemble"}
 #: the architecture flags, with their defaults for a new model (None in the parser: so --init can tell they were set)
 ARCHITECTURE = {"encoder": [64, 64], "activation": "relu", "layer_norm": False, "inputs": ",".join(INPUTS)}
 
@@ -43,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-lr-scale", type=float, default=0.1)
     p.add_argument("--task-weighting", choices=TASK_WEIGHTING, default="equal",
                    help="how tasks share the encoder's update (equal: summed losses on standardized labels)")
+    p.add_argument("--ensemble", type=int, default=1, metavar="K", help="K members, each on its own bootstrap of "
+                   "the episodes, in one model file (its std: uncertainty for train_agent and rlrm.queries)")
     p.add_argument("--single-task-baselines", action="store_true", help="also train one model per task and report "
                    "per task whether sharing helped or hurt (negative transfer)")
     p.add_argument("--epochs", type=int, default=50)
@@ -79,6 +82,7 @@ def main(args: argparse.Namespace) -> int:
         result = train_job(args.data, args.out, cfg, model_config(args), tasks=args.tasks, init=args.init,
                            adapt=adapt, single_task_baselines=args.single_task_baselines,
                            preferences=args.preferences, preference_data=args.preference_data,
+                           ensemble=args.ensemble,
                            wandb=cli.wandb_options(args), progress=not args.no_progress)
     cli.print_metrics(args.out, result)
     return 0

@@ -13,7 +13,7 @@ an episode ``info["learned_episode"] = {"r": learned return, "l": length}`` (Mon
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from operator import add as _add
 from typing import Any, SupportsFloat
 
@@ -68,6 +68,11 @@ class RewardShaping:
     def identity(self) -> bool:
         """True when the agent is paid the learned reward as it is."""
         return self.scale == 1.0 and self.clip is None and self.alpha == 1.0 and self.uncertainty == 0.0
+
+    def for_evaluation(self) -> RewardShaping:
+        """The shaping an evaluation reports: no uncertainty term (an exploration bonus, or a penalty, is part of
+        training, not of the learned return an agent earned)."""
+        return replace(self, uncertainty=0.0, uncertainty_decay=0.0)
 
     def uncertainty_weight(self, steps: int) -> float:
         """The std's weight ``u_t`` after ``steps`` env steps."""

@@ -165,7 +165,7 @@ def _start(spec: RunSpec, folder: RunFolder, setup: _Setup) -> _Session:
     def make_eval_env() -> VecEnv:
         # Evaluation always reads the TRUE return (Monitor); the learned return is reported beside it.
         return make_vec_env(spec.task, min(spec.eval_episodes, 5), spec.eval_seed, setup.learned, normalize,
-                            training=False, shaping=shaping)
+                            training=False, shaping=shaping.for_evaluation() if shaping is not None else None)
 
     kept = folder.keep_monitor_logs()
     venv: VecEnv | None = None

@@ -56,7 +56,8 @@ def load_agent_for_eval(agent_path: Path, folder: RunFolder | None, *, task: Tas
         learned = learned_reward(spec) if spec is not None and same_task else None
     normalize = normalize_options(spec.agent) if spec is not None else None
     shaping = spec.shaping if spec is not None and same_task and spec.reward == "learned" else None
-    venv = make_vec_env(task, min(episodes, 5), seed, learned, normalize, training=False, shaping=shaping)
+    venv = make_vec_env(task, min(episodes, 5), seed, learned, normalize, training=False,
+                        shaping=shaping.for_evaluation() if shaping is not None else None)
     try:
         if isinstance(venv, VecNormalize) and folder is not None:
             load_vecnormalize(venv, _statistics(folder, agent_path))

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from rlrm.data.dataset import TransitionDataset
+from rlrm.data.preferences import EQUAL, LEFT, PreferenceDataset
 from rlrm.errors import ConfigError
 from rlrm.model.ensemble import RewardEnsemble
 from rlrm.model.network import ModelConfig
@@ -69,7 +70,8 @@ def train_ensemble(datasets: Sequence[TransitionDataset], k: int, config: TrainC
 
     :param k: members; 1 trains one model on all the data (a plain :class:`TrainResult`).
     :param train_kwargs: passed to every :func:`~rlrm.train.loop.train_reward_model` call (``tracker``,
-        ``preferences``...; preferences are not resampled: every member gets them all).
+        ``preferences``...). Preference pairs touching a held-out episode are held out from every member; the
+        others are not resampled: every member gets them all.
     :raise ConfigError: ``k < 1``, or what the loop refuses.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -82,14 +84,18 @@ def train_ensemble(datasets: Sequence[TransitionDataset], k: int, config: TrainC
     start = time.perf_counter()
     splits = {ds.task.name: ds.split_by_episode(cfg.val_frac, seed=split_seed(ds.task.name, cfg.seed))
               for ds in datasets}
+    pref_splits = [_split_preferences(p, ds, splits, cfg) for p, ds in train_kwargs.pop("preferences", ())]
     results = []
     for i in range(k):
         rng = np.random.default_rng([cfg.seed, i])
         resampled = [bootstrap_episodes(train, rng) for train, _ in splits.values()]
         results.append(train_reward_model(resampled, replace(cfg, seed=cfg.seed + i), model_config=model_config,
-                                          progress=progress, **train_kwargs))
+                                          progress=progress, preferences=[(train, ds) for train, _, ds in pref_splits],
+                                          **train_kwargs))
     ensemble = RewardEnsemble([r.model for r in results])
     metrics = {name: _heldout(ensemble, train, held) for name, (train, held) in splits.items()}
+    for _, held, ds in pref_splits:
+        metrics.setdefault(ds.task.name, {"feedback": "preferences"}).update(_pref_heldout(ensemble, held, ds))
     ensemble.meta = {"training": {**asdict(cfg), "ensemble": k, "bootstrap": "episodes", "member_seeds":
                                   [cfg.seed + i for i in range(k)],
                                   "members": [{"best_epoch": r.best_epoch, "epochs_run": len(r.history)}
@@ -100,6 +106,42 @@ def train_ensemble(datasets: Sequence[TransitionDataset], k: int, config: TrainC
     seconds = time.perf_counter() - start
     return EnsembleTrainResult(ensemble, metrics, results, results[0].history, results[0].best_epoch, seconds,
                                float(np.mean([r.transitions_per_s for r in results])))
+
+
+def _split_preferences(prefs: PreferenceDataset, ds: TransitionDataset,
+                       splits: dict[str, tuple[TransitionDataset, TransitionDataset]], cfg: TrainConfig
+                       ) -> tuple[PreferenceDataset, PreferenceDataset | None, TransitionDataset]:
+    """(training pairs, held-out pairs or None, transitions): a pair is held out if a side touches a held-out
+    episode (the task's labeled dataset's, else a split of the preferences' transitions by ``split_seed``)."""
+    name = ds.task.name
+    held_eps = np.unique(splits[name][1].episode) if name in splits else np.unique(
+        ds.split_by_episode(cfg.val_frac, seed=split_seed(name, cfg.seed))[1].episode)
+    left, right = prefs.segment_rows(ds)
+    in_held = np.isin(ds.episode, held_eps)
+    mask = left >= 0
+    held = (in_held[left.clip(0)] & mask).any(1) | (in_held[right.clip(0)] & mask).any(1)
+    if held.all():
+        raise ConfigError(f"task {name!r}: every preference pair touches a held-out episode; give more pairs")
+
+    def part(keep: np.ndarray) -> PreferenceDataset:
+        return PreferenceDataset.from_pairs(ds, prefs.pairs.subset(keep), prefs.label[keep],
+                                            [prefs.sources[j] for j in prefs.source[keep]], prefs.dataset_dir,
+                                            prefs.info)
+
+    return part(~held), part(held) if held.any() else None, ds
+
+
+def _pref_heldout(ensemble: RewardEnsemble, held: PreferenceDataset | None, ds: TransitionDataset
+                  ) -> dict[str, Any]:
+    """Preference accuracy of the ensemble's mean on held-out pairs (answered left or right)."""
+    if held is None:
+        return {"pref_acc": float("nan"), "n_pairs_val": 0}
+    rewards = ensemble.predict(ds.task.name, ds.obs, ds.action, ds.next_obs, ds.terminated)
+    left, right = held.segment_returns(rewards)
+    decided = held.label != EQUAL
+    correct = (left > right) == (held.label == LEFT)
+    return {"pref_acc": float(correct[decided].mean()) if decided.any() else float("nan"),
+            "n_pairs_val": len(held)}
 
 
 def _heldout(ensemble: RewardEnsemble, train: TransitionDataset, held: TransitionDataset) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from rlrm.errors import ConfigError
 from rlrm.model.network import ModelConfig
 from rlrm.tracking import Tracker, WandbOptions, init_wandb
 from rlrm.train.checks import DataWarning, check_env_spaces, data_warnings
+from rlrm.train.ensemble import train_ensemble
 from rlrm.train.fewshot import MODES, extend_model
 from rlrm.train.loop import TrainConfig, TrainResult, train_reward_model
 from rlrm.train.transfer import single_task_comparison
@@ -75,6 +76,7 @@ def train_job(data: Sequence[str | os.PathLike], out: str | os.PathLike, config:
               model_config: ModelConfig | None = None, *, tasks: Sequence[str] = (),
               init: str | os.PathLike | None = None, adapt: str = "auto", single_task_baselines: bool = False,
               preferences: Sequence[str | os.PathLike] = (), preference_data: str | os.PathLike | None = None,
+              ensemble: int = 1,
               wandb: WandbOptions | None = None, progress: bool = True) -> TrainResult:
     """Train on the datasets under ``data`` and write ``out`` plus ``<stem>.metrics.json`` beside it.
 
@@ -91,6 +93,8 @@ def train_job(data: Sequence[str | os.PathLike], out: str | os.PathLike, config:
         joining ``init``'s model gets a head on its frozen encoder unless ``adapt`` is ``finetune`` (the automatic
         choice compares labels' validation losses).
     :param preference_data: the transition dataset of JSONL answer files (default: their ``query_set.json``).
+    :param ensemble: K > 1 trains K members, each on its own bootstrap of the episodes, into one model file
+        (:mod:`rlrm.train.ensemble`); not with ``init``.
     :param single_task_baselines: also train one model per task alone, on the same split, and report per task
         whether sharing helped or hurt (negative transfer; :mod:`rlrm.train.transfer`).
     """
@@ -99,6 +103,10 @@ def train_job(data: Sequence[str | os.PathLike], out: str | os.PathLike, config:
     if init is not None and model_config is not None:
         raise ConfigError(f"model_config: a model extended from init ({init}) keeps its own architecture; "
                           "give one or the other")
+    if isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble < 1:
+        raise ConfigError(f"ensemble: expected a member count of at least 1, got {ensemble!r}")
+    if ensemble > 1 and init is not None:
+        raise ConfigError(f"ensemble {ensemble}: an ensemble trains new members; it cannot extend init ({init})")
     if adapt not in MODES:
         raise ConfigError(f"adapt {adapt!r}: expected one of {', '.join(MODES)}")
     if init is None and adapt != "auto":
@@ -120,7 +128,11 @@ def train_job(data: Sequence[str | os.PathLike], out: str | os.PathLike, config:
     try:
         for line in data_warnings(datasets):
             warnings.warn(line, DataWarning, stacklevel=2)
-        result = _train(datasets, config, base, architecture, adapt, tracker, progress, feedback)
+        if ensemble > 1:
+            result = train_ensemble(datasets, ensemble, config, architecture, progress=progress, tracker=tracker,
+                                    preferences=feedback)
+        else:
+            result = _train(datasets, config, base, architecture, adapt, tracker, progress, feedback)
         if single_task_baselines:
             single_task_comparison(result, datasets, config, architecture, progress=progress)
         _write(out, result)
