@@ -411,6 +411,7 @@ def markdown_tables(summary: list[dict[str, Any]], families: Sequence[str], ns: 
     for fam in families:
         t = target_check(summary, fam, ns)
         ratio = f"{t['ratio']:.1f}x" if np.isfinite(t["ratio"]) else ("-" if math.isnan(t["ratio"]) else "inf")
+        ratio = f">= {ratio}" if t["auto_starts_above"] and np.isfinite(t["ratio"]) else ratio
         lines.append(f"| {fam} | {fmt_n(t['auto_labels_to_0.95'], ns)} | {fmt_n(t['scratch_labels_to_0.95'], ns)} | "
                      f"{ratio} | {'yes' if t['met'] else 'no'} |")
     return "\n".join(lines) + "\n"
@@ -576,7 +577,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     names = {"runs": "runs.csv", "weighting": "weighting.csv", "transfer": "transfer_cartpole.csv",
              "classic": "classic.csv", "pretrain": "pretrain.csv"}
     rows: dict[str, list[dict[str, Any]]] = {k: [] for k in names}
-    info: dict[str, Any] = {"machine": machine(), "budget": budget.__dict__, "seeds": seeds}
+    info: dict[str, Any] = {"machine": machine(), "budget": budget.__dict__, "seeds": seeds,
+                            "summary_only": args.summary_only}
     start = time.perf_counter()
     if args.summary_only:
         rows = {k: read_csv(args.out / f) if (args.out / f).exists() else [] for k, f in names.items()}
