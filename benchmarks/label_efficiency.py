@@ -497,6 +497,8 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 def read_csv(path: Path) -> list[dict[str, Any]]:
     """Rows of a CSV written by :func:`write_csv`, numbers parsed (to recompute the summary)."""
     def value(v: str) -> Any:
+        if v in ("True", "False"):
+            return v == "True"
         try:
             return int(v)
         except ValueError:
