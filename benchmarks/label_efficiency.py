@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import dataclasses
 import io
 import math
 import platform
@@ -96,6 +97,9 @@ class Budget:
     pretrain_epochs: int = 15
     fewshot_epochs: int = 10
     weighting_epochs: int = 10
+    #: train new-task methods with the library's TrainConfig defaults (>= 1,000 steps) instead of 100 steps
+    library_defaults: bool = False
+    efficiency_only: bool = False
 
 
 QUICK = Budget(pretrain=2_000, pool=1_200, test=1_000, ns=(16, 64, 1024), weighting_labels=500, weighting_seeds=1,
@@ -103,10 +107,12 @@ QUICK = Budget(pretrain=2_000, pool=1_200, test=1_000, ns=(16, 64, 1024), weight
                weighting_epochs=3)
 
 
-def fewshot_config(budget: Budget, seed: int, lr: float = 3e-3) -> TrainConfig:
+def fewshot_config(budget: Budget, seed: int, lr: float | None = None) -> TrainConfig:
     """The one training config of every new-task method (scratch too, at its own lr): at small N an epoch is
     ``min_epoch_steps`` steps, so N <= 1280 trains for ``epochs * 10`` steps."""
-    return TrainConfig(epochs=budget.fewshot_epochs, min_epoch_steps=10, batch_size=128, lr=lr, seed=seed)
+    if budget.library_defaults:
+        return TrainConfig(lr=lr or TrainConfig.lr, seed=seed)
+    return TrainConfig(epochs=budget.fewshot_epochs, min_epoch_steps=10, batch_size=128, lr=lr or 3e-3, seed=seed)
 
 
 def pretrain_config(budget: Budget, seed: int, weighting: str = "equal", batch: int = 512) -> TrainConfig:
@@ -537,6 +543,9 @@ def run_family(name: str, budget: Budget, seeds: int, out: Path, rows: dict[str,
     print(f"{name}: pretrained, test r2 of the training tasks {np.mean([r['r2'] for r in pre]):.4f}")
     rows["runs"] += label_efficiency(fd, base, budget, seeds, rows["runs"], out / "runs.csv")
     write_csv(out / "runs.csv", rows["runs"])
+    if budget.efficiency_only:
+        print(f"{name}: done in {time.perf_counter() - t0:.0f} s")
+        return
     rows["weighting"] += task_weighting(fd, budget)
     write_csv(out / "weighting.csv", rows["weighting"])
     if name == "cartpole":
@@ -570,11 +579,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, default=5, help="seeds of the label-efficiency runs")
     p.add_argument("--cheetah-seeds", type=int, default=None, help="seeds for HalfCheetah (default: --seeds)")
     p.add_argument("--skip-classic", action="store_true")
+    p.add_argument("--library-budget", action="store_true", help="new-task methods train with the library's "
+                   "TrainConfig defaults (lr 1e-3 for auto/frozen/finetune; >= 1,000 steps), label efficiency only")
     p.add_argument("--summary-only", action="store_true", help="recompute the tables from --out's CSV files")
     p.add_argument("--out", type=Path, default=Path("benchmarks/label_efficiency"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     budget = QUICK if args.quick else Budget()
+    if args.library_budget:
+        budget = dataclasses.replace(budget, library_defaults=True, efficiency_only=True)
     seeds = 1 if args.quick else args.seeds
     names = {"runs": "runs.csv", "weighting": "weighting.csv", "transfer": "transfer_cartpole.csv",
              "classic": "classic.csv", "pretrain": "pretrain.csv"}
