@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--finetune", action="store_true", help="with --init: train the whole model (its existing "
                       "weights at lr * --finetune-lr-scale)")
     p.add_argument("--finetune-lr-scale", type=float, default=0.1)
-    p.add_argument("--task-weighting", choices=TASK_WEIGHTING, default="equal",
-                   help="how tasks share the encoder's update (equal: summed losses on standardized labels)")
+    p.add_argument("--task-weighting", choices=TASK_WEIGHTING, default="uncertainty",
+                   help="how tasks share the encoder's update: uncertainty (learned per-task weights, Kendall et al. "
+                   "2018; the default), equal (summed losses on standardized labels), pcgrad (gradient surgery)")
     p.add_argument("--ensemble", type=int, default=1, metavar="K", help="K members, each on its own bootstrap of "
                    "the episodes, in one model file (its std: uncertainty for train_agent and rlrm.queries)")
     p.add_argument("--single-task-baselines", action="store_true", help="also train one model per task and report "

@@ -62,7 +62,8 @@ class TrainConfig:
     patience: int = 5
     freeze_encoder: bool = False
     min_epoch_steps: int = 20
-    task_weighting: str = "equal"
+    # uncertainty: the best training-task r2 on all three families in benchmarks/RESULTS.md (label efficiency)
+    task_weighting: str = "uncertainty"
     finetune_lr_scale: float = 0.1
     pref_batch: int = 32
 
