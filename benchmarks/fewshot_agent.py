@@ -36,6 +36,7 @@ from rlrm import model as rm
 from rlrm.data.behaviour import builtin_policy
 from rlrm.data.dataset import TransitionDataset
 from rlrm.data.rollout import collect
+from rlrm.rl.evaluation import random_returns
 from rlrm.rl.folder import RunSpec
 from rlrm.rl.hyperparams import load_spec
 from rlrm.rl.runs import train_run
@@ -97,17 +98,7 @@ def add_task(base: rm.RewardModel, task: Task, s: Settings) -> tuple[rm.RewardMo
 
 def random_return(task: Task, episodes: int, seed: int) -> dict[str, float]:
     """True return of uniformly random actions on ``task``, over ``episodes`` episodes."""
-    env = task.make_env()
-    env.action_space.seed(seed)
-    returns = []
-    for ep in range(episodes):
-        env.reset(seed=seed + ep)
-        total, done = 0.0, False
-        while not done:
-            _, r, term, trunc, _ = env.step(env.action_space.sample())
-            total, done = total + float(r), term or trunc
-        returns.append(total)
-    env.close()
+    returns = random_returns(task, episodes, seed)
     return {"mean": float(np.mean(returns)), "std": float(np.std(returns)), "episodes": episodes}
 
 

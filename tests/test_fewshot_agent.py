@@ -14,6 +14,7 @@ from rlrm import model as rm
 from rlrm.data.behaviour import builtin_policy
 from rlrm.data.dataset import TransitionDataset
 from rlrm.data.rollout import collect
+from rlrm.rl.evaluation import random_returns
 from rlrm.rl.folder import RunSpec
 from rlrm.rl.hyperparams import load_spec
 from rlrm.rl.runs import train_run
@@ -42,18 +43,7 @@ def _wander(task: Task, steps: int, seed: int) -> TransitionDataset:
 
 
 def _random_return(task: Task, episodes: int = 50, seed: int = 0) -> float:
-    env = task.make_env()
-    env.action_space.seed(seed)
-    returns = []
-    for ep in range(episodes):
-        env.reset(seed=seed + ep)
-        total, done = 0.0, False
-        while not done:
-            _, r, term, trunc, _ = env.step(env.action_space.sample())
-            total, done = total + float(r), term or trunc
-        returns.append(total)
-    env.close()
-    return float(np.mean(returns))
+    return float(random_returns(task, episodes, seed).mean())
 
 
 def test_agent_on_few_shot_learned_reward_earns_true_return(catalog: Catalog, tmp_path: Path) -> None:

@@ -12,12 +12,12 @@ import math
 import os
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import pytest
 
 from rlrm import model as rm
 from rlrm.data.rollout import collect
+from rlrm.rl.evaluation import random_returns
 from rlrm.tasks import Task
 from rlrm.train_agent import entry
 
@@ -29,18 +29,7 @@ PENDULUM_STEPS = 60_000
 
 
 def _random_policy_return(env_id: str, episodes: int = 10, seed: int = 0) -> float:
-    env = gym.make(env_id)
-    env.action_space.seed(seed)
-    returns = []
-    for i in range(episodes):
-        env.reset(seed=seed + i)
-        total, done = 0.0, False
-        while not done:
-            _, r, terminated, truncated, _ = env.step(env.action_space.sample())
-            total += float(r)
-            done = terminated or truncated
-        returns.append(total)
-    return float(np.mean(returns))
+    return float(random_returns(Task(env_id, env_id), episodes, seed).mean())
 
 
 def test_ppo_on_a_learned_pendulum_reward_beats_random_on_the_true_reward(tmp_path: Path,

@@ -29,7 +29,7 @@ import rlrm
 from rlrm import atomic
 from rlrm import spaces as sp
 from rlrm.errors import DatasetError, RlrmError, SpaceError
-from rlrm.formats import check_format
+from rlrm.formats import check_format, check_replaceable, folder_format
 from rlrm.tasks import Task
 
 FORMAT = "rlrm.transitions"
@@ -313,21 +313,7 @@ def _check_episode_seed(where: str, seed: np.ndarray, episode: np.ndarray, n: in
 def check_target(path: str | os.PathLike) -> None:
     """Raise :class:`DatasetError` unless ``path`` is free, an empty folder or an rlrm dataset folder: the
     places :meth:`TransitionDataset.save` may write (a dataset there is replaced; anything else is kept)."""
-    path = Path(path)
-    if not path.exists() and not path.is_symlink():
-        return
-    if not path.is_dir():
-        raise DatasetError(f"{path}: a file is in the way (expected a dataset folder or nothing); refusing to "
-                           "replace it: move it or write the dataset elsewhere")
-    if not any(path.iterdir()):
-        return
-    try:
-        fmt = json.loads((path / MANIFEST).read_text()).get("format")
-    except (OSError, ValueError, AttributeError):
-        fmt = None
-    if fmt != FORMAT:
-        raise DatasetError(f"{path}: a folder that is not an rlrm dataset is in the way (expected {MANIFEST} with "
-                           f"format {FORMAT!r}); refusing to replace it: move it or write the dataset elsewhere")
+    check_replaceable(path, fmt=FORMAT, what="an rlrm dataset", error=DatasetError, manifest=MANIFEST)
 
 
 class _Stream:
@@ -404,9 +390,7 @@ def find_datasets(paths: Iterable[str | os.PathLike]) -> list[Path]:
 def _holds_transitions(folder: Path) -> bool:
     """Whether a folder inside a folder of datasets is a transition dataset (not, e.g., a preference set beside
     it); a manifest that cannot be read counts as one, so loading it names the problem."""
-    try:
-        return json.loads((folder / MANIFEST).read_text()).get("format", FORMAT) == FORMAT
-    except FileNotFoundError:
+    if not (folder / MANIFEST).is_file():
         return False
-    except (OSError, ValueError, AttributeError):
-        return True
+    fmt = folder_format(folder, MANIFEST)
+    return fmt is None or fmt == FORMAT

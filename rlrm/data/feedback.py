@@ -16,6 +16,7 @@ from rlrm import atomic
 from rlrm.data.dataset import MANIFEST, TransitionDataset
 from rlrm.data.preferences import FORMAT, PreferenceDataset, read_preference_file
 from rlrm.errors import DatasetError, LabelError
+from rlrm.formats import folder_format
 
 QUERY_SET = "query_set.json"
 
@@ -45,10 +46,7 @@ def load_feedback(paths: Iterable[str | os.PathLike], dataset: str | os.PathLike
 
 
 def _is_preference_folder(path: Path) -> bool:
-    try:
-        return json.loads((path / MANIFEST).read_text()).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
+    return folder_format(path, MANIFEST) == FORMAT
 
 
 def _load_folder(path: Path) -> tuple[PreferenceDataset, TransitionDataset]:

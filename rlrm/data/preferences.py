@@ -38,7 +38,7 @@ from rlrm.data.dataset import MANIFEST as DATASET_MANIFEST
 from rlrm.data.dataset import TransitionDataset, read_manifest
 from rlrm.data.labels import _json_int, _read_text, _show
 from rlrm.errors import DatasetError, LabelError, RlrmError
-from rlrm.formats import check_format
+from rlrm.formats import check_format, check_replaceable
 
 FORMAT = "rlrm.preferences"
 FORMAT_VERSION = 1
@@ -357,20 +357,7 @@ class PreferenceDataset:
 
 
 def _check_pref_target(path: Path) -> None:
-    if not path.exists() and not path.is_symlink():
-        return
-    if not path.is_dir():
-        raise DatasetError(f"{path}: a file is in the way (expected a preference folder or nothing); refusing to "
-                           "replace it")
-    if not any(path.iterdir()):
-        return
-    try:
-        fmt = json.loads((path / MANIFEST).read_text()).get("format")
-    except (OSError, ValueError, AttributeError):
-        fmt = None
-    if fmt != FORMAT:
-        raise DatasetError(f"{path}: a folder that is not an rlrm preference set is in the way (expected {MANIFEST} "
-                           f"with format {FORMAT!r}); refusing to replace it")
+    check_replaceable(path, fmt=FORMAT, what="an rlrm preference set", error=DatasetError, manifest=MANIFEST)
 
 
 def _dataset_ref(path: Path, dataset_dir: Path, task_name: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
 from rlrm.errors import RewardError
+from rlrm.tasks import Task
 
 
 @dataclass
@@ -59,3 +60,22 @@ def evaluate_agent(agent: BaseAlgorithm, venv: VecEnv, n_episodes: int = 10, det
             result.learned_returns.append(float(infos[i].get("learned_episode", {}).get("r", np.nan)))
             counts[i] += 1
     return result
+
+
+def random_returns(task: Task, episodes: int = 10, seed: int = 0) -> np.ndarray:
+    """True returns of uniformly random actions on ``task`` (its own reward: an ``rlrm:`` task's labeler), one per
+    episode; the "random = 0" end of a normalized score."""
+    env = task.make_env()
+    env.action_space.seed(seed)
+    returns = []
+    try:
+        for ep in range(episodes):
+            env.reset(seed=seed + ep)
+            total, done = 0.0, False
+            while not done:
+                _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+                total, done = total + float(reward), terminated or truncated
+            returns.append(total)
+    finally:
+        env.close()
+    return np.asarray(returns)
