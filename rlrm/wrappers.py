@@ -239,6 +239,17 @@ class VecLearnedReward(VecEnvWrapper):
         self._returns: list[float] = [0.0] * self.num_envs
         self._starts: list[int] = [0] * self.num_envs  # step count at each env's episode start
         self._t = 0
+        self.reward_version: int | None = None  # set by set_reward
+
+    def set_reward(self, reward: RewardFn | RewardSource, version: int | None = None) -> None:
+        """Swap in a new learned reward (a retrained model) without rebuilding the envs; it pays from the next step
+        on. For an on-policy agent call it between rollouts (e.g. in a callback's ``_on_rollout_end``), never
+        inside one. ``version`` (e.g. the feedback round) is kept in :attr:`reward_version`."""
+        fn = as_reward_fn(reward, self.task)
+        _check_spaces(fn, self.venv.observation_space, self.venv.action_space, self.task)
+        self._with_std = _std_method(fn, self.transform, self.task)
+        self.reward_fn = fn
+        self.reward_version = version
 
     def reset(self) -> VecEnvObs:
         obs = self.venv.reset()
