@@ -17,7 +17,7 @@ from rlrm.data.rollout import collect
 from rlrm.errors import ConfigError
 from rlrm.model import read_description
 from rlrm.model.network import ModelConfig
-from rlrm.rl.folder import RunSpec, exclusive
+from rlrm.rl.folder import FeedbackSpec, RunSpec, exclusive
 from rlrm.rl.hyperparams import default_algo, load_spec
 from rlrm.tasks import Task
 from rlrm.tracking import WandbOptions
@@ -87,6 +87,7 @@ class PlanOptions:
     eval_episodes: int = 10
     checkpoint_freq: int = 0
     shaping: RewardShaping = field(default_factory=RewardShaping)
+    feedback: FeedbackSpec | None = None  # an online feedback loop in each learned-reward run
 
 
 def plan_runs(tasks: Sequence[Task], reward_model: Path | None, opts: PlanOptions) -> list[RunSpec]:
@@ -100,7 +101,8 @@ def plan_runs(tasks: Sequence[Task], reward_model: Path | None, opts: PlanOption
                 specs.append(RunSpec(task, agent, seed, reward, str(reward_model) if reward_model else None,
                                      eval_freq=eval_freq, eval_episodes=opts.eval_episodes,
                                      checkpoint_freq=opts.checkpoint_freq,
-                                     shaping=opts.shaping if reward == "learned" else RewardShaping()))
+                                     shaping=opts.shaping if reward == "learned" else RewardShaping(),
+                                     feedback=opts.feedback if reward == "learned" else None))
     return specs
 
 
@@ -159,7 +161,8 @@ def table_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                      "learned_mean": _num(r["learned_mean"]),
                      "baseline_mean": _num(b["true_mean"]) if b else None,
                      "baseline_std": _num(b["true_std"]) if b else None,
-                     "train_seconds": _num(r.get("train_seconds"))})
+                     "train_seconds": _num(r.get("train_seconds")),
+                     "queries": (r.get("feedback") or {}).get("queries")})
     return rows
 
 

@@ -27,13 +27,17 @@ from typing import Any
 from rlrm import cli, experiment
 from rlrm import model as rm
 from rlrm.errors import ConfigError
+from rlrm.rl.folder import FeedbackSpec
 from rlrm.rl.hyperparams import check_spec, default_algo, load_spec, parse_params
+from rlrm.rl.online import check_teacher
 from rlrm.rl.runs import RunInterrupted, train_run
 from rlrm.tasks import load_catalog
 from rlrm.wrappers import RewardShaping
 
 FLAGS = {"output_dir": "--output-dir", "params": "--params", "reward_model": "--reward-model",
-         "hyperparams_dir": "--hyperparams-dir"}
+         "hyperparams_dir": "--hyperparams-dir", "budget": "--budget", "feedback_every": "--feedback-every",
+         "pretrain_steps": "--pretrain-steps", "feedback_epochs": "--feedback-epochs", "query": "--query",
+         "teacher": "--teacher"}
 
 
 PROG = "python -m rlrm.train_agent"
@@ -66,6 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "(train_reward --ensemble K): U < 0 conservative, U > 0 an exploration bonus (RUNE); not in "
                    "evaluations")
     r.add_argument("--uncertainty-decay", type=float, default=0.0, help="U shrinks by this fraction per env step")
+    f = p.add_argument_group("online feedback: a teacher labels the agent's own transitions while it trains")
+    f.add_argument("--feedback", choices=("labels",), default=None,
+                   help="labels: scalar labels per transition (files in <run>/feedback/)")
+    f.add_argument("--teacher", default=None, help="labeler answering the queries: env | rlrm:NAME(...) | "
+                   "python:module:function | file:PATH (default: the task's labeler)")
+    f.add_argument("--budget", type=int, default=None, help="labels the teacher may be asked for, pretraining included")
+    f.add_argument("--feedback-every", type=int, default=1000, help="env steps between feedback rounds")
+    f.add_argument("--query", choices=("uniform",), default="uniform", help="how queried transitions are chosen")
+    f.add_argument("--pretrain-steps", type=int, default=None, help="random-policy transitions labeled before "
+                   "training (default: a quarter of the budget without --reward-model, none with it)")
+    f.add_argument("--feedback-epochs", type=int, default=20, help="training epochs per retraining (warm start)")
     h = p.add_argument_group("agent")
     h.add_argument("-n", "--timesteps", type=int, default=None, help="override n_timesteps")
     h.add_argument("--n-envs", type=int, default=None, help="override n_envs")
@@ -81,6 +96,25 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-progress", action="store_true")
     cli.add_common_args(p)
     return p
+
+
+def _feedback(args: argparse.Namespace, tasks: Sequence[Any]) -> FeedbackSpec | None:
+    """The online feedback loop the flags ask for (checked before anything is created), or ``None``."""
+    if args.feedback is None:
+        if args.budget is not None or args.teacher is not None:
+            raise ConfigError("--budget/--teacher: only with --feedback labels")
+        return None
+    if args.budget is None:
+        raise ConfigError(f"--feedback {args.feedback}: needs --budget N (the most labels the teacher is asked for)")
+    if args.reward != "learned":
+        raise ConfigError(f"--feedback {args.feedback}: needs a learned reward, not --reward {args.reward}")
+    if args.resume:
+        raise ConfigError(f"--feedback {args.feedback}: --resume is not supported for runs with online feedback yet")
+    spec = FeedbackSpec(args.feedback, args.teacher, args.budget, args.feedback_every, args.query,
+                        args.pretrain_steps, args.feedback_epochs)
+    for task in tasks:
+        check_teacher(spec.teacher or task.labeler)
+    return spec
 
 
 class StopRequest:
@@ -136,11 +170,12 @@ def _main(args: argparse.Namespace, stop: StopRequest) -> int:
     if args.uncertainty and (reward_model is None or rm.read_description(reward_model).get("ensemble", 1) < 2):
         raise ConfigError(f"--uncertainty {args.uncertainty}: weighs the std across ensemble members; give an "
                           "ensemble model (--reward-model M, trained with train_reward --ensemble K)")
+    feedback = _feedback(args, tasks)
     experiment.read_results(args.output_dir)  # a broken results.json is refused before any training
     args.output_dir.mkdir(parents=True, exist_ok=True)
     group = f"train_agent-{time.strftime('%Y%m%d-%H%M%S')}"
     wandb = cli.wandb_options(args, group)
-    if reward_model is None and args.reward == "learned":
+    if reward_model is None and args.reward == "learned" and feedback is None:
         built = experiment.build_reward_model(tasks, args.output_dir / "reward", collect_steps=args.collect_steps,
                                               epochs=args.reward_epochs, reuse=args.resume, wandb=wandb,
                                               progress=not args.no_progress)
@@ -155,7 +190,7 @@ def _main(args: argparse.Namespace, stop: StopRequest) -> int:
         hyperparams_dir=args.hyperparams_dir, eval_freq=args.eval_freq, eval_episodes=args.eval_episodes,
         checkpoint_freq=args.checkpoint_freq or 0,
         shaping=RewardShaping(args.reward_scale, args.reward_clip, args.reward_alpha, args.uncertainty,
-                              args.uncertainty_decay)))
+                              args.uncertainty_decay), feedback=feedback))
     results = []
     for i, spec in enumerate(specs, 1):
         if stop.requested:
@@ -198,10 +233,11 @@ def print_results(results: list[dict[str, Any]], episodes: int, output_dir: Path
              "timesteps": r["timesteps"], "true return": pm(r["true_mean"], r["true_std"]),
              "learned return": fmt(r["learned_mean"], 1),
              "baseline true return": pm(r["baseline_mean"], r["baseline_std"]),
-             "train s": f"{r['train_seconds']:.1f}",
+             "train s": f"{r['train_seconds']:.1f}", "queries": "-" if r["queries"] is None else str(r["queries"]),
              "note": CONSTANT_NOTE if r["reward"] == "learned" and r["task"] in constant else ""}
             for r in experiment.table_rows(results)]
-    columns = [c for c in rows[0] if c != "note" or any(r["note"] for r in rows)] if rows else None
+    optional = {"note": lambda r: bool(r["note"]), "queries": lambda r: r["queries"] != "-"}
+    columns = [c for c in rows[0] if c not in optional or any(optional[c](r) for r in rows)] if rows else None
     cli.print_table("Agents evaluated on the TRUE reward "
                     f"({episodes} deterministic episodes each; results in {output_dir}/results.json)", rows, columns)
 

@@ -10,6 +10,7 @@ Layout (RL Zoo style), ``<output>/<algo>/<task>_<N>/``::
     progress.csv       SB3's logger output (a resumed run appends)
     evaluations.json   periodic true-reward evaluations
     wandb.json         the W&B run id (a resumed run logs into the same W&B run)
+    feedback/          a run with an online feedback loop: its answers, query log, models (:mod:`rlrm.rl.online`)
     agent.zip  vecnormalize.json  result.json   (at the end; result.json means "done")
 """
 
@@ -49,6 +50,57 @@ from rlrm.wrappers import RewardShaping
 EVAL_SEED_OFFSET = 10_000
 
 
+@dataclass(frozen=True)
+class FeedbackSpec:
+    """An online feedback loop (:mod:`rlrm.rl.online`): while the agent trains, a teacher labels transitions of its
+    recent rollouts and the reward model is retrained on them.
+
+    :param kind: ``labels`` (scalar labels per transition).
+    :param teacher: a labeler spec (``env``, ``rlrm:...``, ``python:...``, ``file:...``); ``None``: the task's own.
+    :param budget: the most labels the teacher is asked for, pretraining included.
+    :param feedback_every: env steps between feedback rounds.
+    :param query: how the transitions to ask about are chosen (``uniform``).
+    :param pretrain_steps: random-policy transitions labeled before training (``None``: a quarter of the budget
+        without a starting reward model, none with one).
+    :param feedback_epochs: training epochs per retraining (warm start; early stopping may end it sooner).
+    """
+
+    kind: str = "labels"
+    teacher: str | None = None
+    budget: int = 0
+    feedback_every: int = 1000
+    query: str = "uniform"
+    pretrain_steps: int | None = None
+    feedback_epochs: int = 20
+
+    def __post_init__(self) -> None:
+        if self.kind != "labels":
+            raise ConfigError(f"feedback {self.kind!r}: expected 'labels' (preferences are not supported online yet)")
+        if self.query != "uniform":
+            raise ConfigError(f"query {self.query!r}: expected 'uniform' (disagreement is not supported online yet)")
+        for name in ("budget", "feedback_every", "feedback_epochs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name}: expected a positive integer, got {value!r}")
+        if self.pretrain_steps is not None and not 0 <= self.pretrain_steps <= self.budget:
+            raise ConfigError(f"pretrain_steps: expected 0 to budget ({self.budget}) labels, got {self.pretrain_steps}")
+
+    def pretrain_for(self, has_model: bool) -> int:
+        """How many random-policy transitions are labeled first (given whether a starting model exists)."""
+        if self.pretrain_steps is not None:
+            return self.pretrain_steps
+        return 0 if has_model else max(1, self.budget // 4)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "teacher": self.teacher, "budget": self.budget,
+                "feedback_every": self.feedback_every, "query": self.query, "pretrain_steps": self.pretrain_steps,
+                "feedback_epochs": self.feedback_epochs}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeedbackSpec:
+        return cls(**d)
+
+
 @dataclass
 class RunSpec:
     """Everything that defines a run. ``reward`` is ``"true"`` or ``"learned"`` (then ``reward_model`` is a path)."""
@@ -63,11 +115,14 @@ class RunSpec:
     eval_episodes: int = 10
     checkpoint_freq: int = 0
     shaping: RewardShaping = field(default_factory=RewardShaping)
+    feedback: FeedbackSpec | None = None
 
     def __post_init__(self) -> None:
         if self.reward not in ("true", "learned"):
             raise ConfigError(f"reward source {self.reward!r}: expected 'true' or 'learned'")
-        if self.reward == "learned" and not self.reward_model:
+        if self.feedback is not None and self.reward != "learned":
+            raise ConfigError(f"task {self.task.name!r}: online feedback needs a learned reward, not {self.reward!r}")
+        if self.reward == "learned" and not self.reward_model and self.feedback is None:
             raise ConfigError(f"task {self.task.name!r}: a learned-reward run needs a reward model file")
         if self.reward_model:
             # absolute, so a run folder can be evaluated or resumed from any working directory
@@ -88,7 +143,9 @@ class RunSpec:
         return {"task": self.task.to_dict(), "agent": self.agent.to_dict(), "seed": self.seed, "reward": self.reward,
                 "reward_model": self.reward_model, "reward_model_sha256": self.reward_model_sha256,
                 "eval_freq": self.eval_freq, "eval_episodes": self.eval_episodes,
-                "checkpoint_freq": self.checkpoint_freq, "shaping": self.shaping.to_dict()}
+                "checkpoint_freq": self.checkpoint_freq, "shaping": self.shaping.to_dict(),
+                # only when set: the keys (and so the folders) of runs without feedback stay as they were
+                **({"feedback": self.feedback.to_dict()} if self.feedback is not None else {})}
 
     def key(self) -> str:
         """Identity for resuming: same task, agent, seed and reward (model by content) ⇒ same run."""
@@ -113,6 +170,7 @@ class RunFolder:
     VECNORMALIZE = "vecnormalize.json"
     REPLAY_BUFFER = "replay_buffer.npz"
     STATE = "state.json"
+    FEEDBACK = "feedback"
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -244,6 +302,11 @@ class RunFolder:
         return self.path / "monitor"
 
     @property
+    def feedback_dir(self) -> Path:
+        """The files of an online feedback loop (laid out by :mod:`rlrm.rl.online`)."""
+        return self.path / self.FEEDBACK
+
+    @property
     def agent_path(self) -> Path:
         return self.path / self.AGENT
 
@@ -275,7 +338,8 @@ class RunFolder:
             return RunSpec(task, AgentSpec.from_dict(cfg["agent"]), int(cfg["seed"]), str(cfg["reward"]),
                            cfg.get("reward_model"), cfg.get("reward_model_sha256"), int(cfg.get("eval_freq", 0)),
                            int(cfg.get("eval_episodes", 10)), int(cfg.get("checkpoint_freq", 0)),
-                           RewardShaping.from_dict(cfg.get("shaping")))
+                           RewardShaping.from_dict(cfg.get("shaping")),
+                           FeedbackSpec.from_dict(cfg["feedback"]) if cfg.get("feedback") else None)
         except (KeyError, TypeError, ValueError) as err:
             raise ConfigError(f"{self.config_path}: not an rlrm run config ({type(err).__name__}: {err})") from None
 

@@ -40,6 +40,7 @@ from rlrm.rl.envs import make_vec_env, sync_normalization
 from rlrm.rl.evaluation import evaluate_agent
 from rlrm.rl.folder import RunFolder, RunSpec, learned_reward, normalize_options
 from rlrm.rl.hyperparams import ALGOS, build_kwargs
+from rlrm.rl.online import FeedbackLoop, FeedbackState, RecordingReward, start_feedback
 from rlrm.tracking import NullTracker, Tracker, WandbOptions, WandbTracker, init_wandb
 
 
@@ -76,7 +77,11 @@ def train_run(spec: RunSpec, output_dir: str | os.PathLike, *, resume: bool = Fa
         if (done := folder.result()) is not None:  # finished by another process since `find`
             return done
         start = folder.resume_point()
-        return _train(spec, folder, _Setup(learned, start, progress, stop, wandb))
+        feedback = None
+        if spec.feedback is not None:  # the loop's starting model (pretrained inside the run folder if needed)
+            feedback = start_feedback(spec, folder, progress)
+            learned = feedback.model.reward_fn(spec.task.name)
+        return _train(spec, folder, _Setup(learned, start, progress, stop, wandb, feedback))
     finally:
         folder.unlock()
 
@@ -90,6 +95,7 @@ class _Setup:
     progress: bool
     stop: Callable[[], bool]
     wandb: WandbOptions | None
+    feedback: FeedbackState | None = None
 
 
 @dataclass
@@ -102,6 +108,7 @@ class _Session:
     make_eval_env: Callable[[], VecEnv]
     callbacks: list[BaseCallback] = field(default_factory=list)
     tracker: Tracker = field(default_factory=NullTracker)
+    feedback: FeedbackLoop | None = None
 
     def close(self) -> None:
         self.evaluator.close()
@@ -134,6 +141,8 @@ def _train(spec: RunSpec, folder: RunFolder, setup: _Setup) -> dict[str, Any]:
                       "true_std": final["true_std"], "learned_mean": final["learned_mean"],
                       "episodes": final["episodes"], "train_seconds": round(seconds, 2), "run_dir": str(folder.path),
                       "key": spec.key()}
+            if session.feedback is not None:
+                result["feedback"] = session.feedback.state.summary()
             folder.write_result(result)
             _log_final(spec, folder, session.tracker, final)
         finally:
@@ -169,10 +178,11 @@ def _start(spec: RunSpec, folder: RunFolder, setup: _Setup) -> _Session:
 
     kept = folder.keep_monitor_logs()
     venv: VecEnv | None = None
+    recorder = RecordingReward(setup.learned) if setup.feedback is not None and setup.learned is not None else None
     try:
         venv = make_vec_env(spec.task, spec.agent.n_envs, spec.seed,
-                            setup.learned if spec.reward == "learned" else None, normalize, folder.monitor_dir,
-                            shaping=shaping)
+                            (recorder or setup.learned) if spec.reward == "learned" else None, normalize,
+                            folder.monitor_dir, shaping=shaping)
         resumed = setup.start is not None
         agent = folder.load_checkpoint(venv, spec.agent.algo) if resumed else _new_agent(spec, venv)
         steps = agent.num_timesteps if resumed else 0
@@ -190,7 +200,16 @@ def _start(spec: RunSpec, folder: RunFolder, setup: _Setup) -> _Session:
     callbacks = [StopOnRequest(setup.stop), LearnedReturnLogger(),
                  *([every(spec.eval_freq, evaluator, steps)] if spec.eval_freq > 0 else []),
                  AtUpdate(checkpoint_freq, lambda: folder.save_checkpoint(agent, train_env), steps)]
-    return _Session(train_env, agent, evaluator, make_eval_env, callbacks)
+    loop = None
+    if setup.feedback is not None and recorder is not None:
+        def on_swap(fn: RewardFn) -> None:  # evaluations report the learned return of the current model
+            setup.learned = fn
+            evaluator.close()
+
+        loop = FeedbackLoop(spec, setup.feedback, recorder, evaluations=lambda: evaluator.history, on_swap=on_swap)
+        # its rows are dumped before the learned return is recorded, the evaluation and checkpoint come after it
+        callbacks.insert(1, loop)
+    return _Session(train_env, agent, evaluator, make_eval_env, callbacks, feedback=loop)
 
 
 def _logger(folder: RunFolder, tracker: Tracker) -> Logger:

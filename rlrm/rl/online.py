@@ -1,0 +1,375 @@
+"""The online feedback loop (issue #11): while an agent trains, a teacher labels transitions from the agent's own
+recent rollouts, the reward model is retrained on every answer so far (warm start) and swapped into the running
+:class:`~rlrm.wrappers.VecLearnedReward` without rebuilding the envs.
+
+1. :func:`start_feedback`: the starting model (the run's ``reward_model``, or one trained on ``pretrain_steps``
+   random-policy transitions labeled by the teacher), saved as version 0.
+2. :class:`FeedbackLoop` (a callback) records every training transition through a :class:`RecordingReward` (the
+   raw observations the reward model sees, terminal ``next_obs`` included) into a ring of the steps since the last
+   round. At the first rollout end on or after each ``feedback_every`` grid point it runs a round: choose
+   transitions (uniformly), ask the teacher about those only, append the answers, retrain, save the next version,
+   swap it in (between rollouts: a PPO rollout is never paid by two models), relabel an off-policy replay buffer.
+3. At the budget it stops asking; the agent trains on the last model.
+
+Files, in the run folder's ``feedback/``::
+
+    labels/            TransitionDataset of every answered transition (labels = the teacher's answers)
+    queries.jsonl      one line per query ({"kind": "query", ...}) and per answer ({"kind": "answer", "id": ...})
+    models/reward_model_v<k>.safetensors   the model after round k (v0: the starting model)
+    feedback.json      budget, queries asked, current version and model, one row per round (written last)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+
+from rlrm import atomic, rewards
+from rlrm import model as rm
+from rlrm import spaces as sp
+from rlrm.data import labels
+from rlrm.data.dataset import TransitionDataset
+from rlrm.data.rollout import collect
+from rlrm.errors import ConfigError, LabelError
+from rlrm.model.network import RewardModel
+from rlrm.reward_fn import RewardFn, std_method
+from rlrm.rl.folder import FeedbackSpec, RunFolder, RunSpec
+from rlrm.rl.relabel import relabel_buffer
+from rlrm.tasks import Task
+from rlrm.train.heldout import task_metrics
+from rlrm.train.loop import TrainConfig, train_reward_model
+from rlrm.wrappers import VecLearnedReward
+
+#: metrics of the per-round rows (and W&B keys ``feedback/<set>_<metric>``)
+METRICS = ("r2", "mse", "spearman", "epic")
+
+
+def check_teacher(spec: str) -> None:
+    """A clear :class:`LabelError` now, before any training, if a scalar teacher spec cannot be used."""
+    if spec == "env":
+        return
+    if spec.startswith(rewards.PREFIX):
+        rewards.reward_function(spec)
+    elif spec.startswith("python:"):
+        labels.load_callable(spec[len("python:"):])
+    elif spec.startswith("file:"):
+        if not Path(spec[len("file:"):]).is_file():
+            raise LabelError(f"teacher {spec!r}: no such file")
+    else:
+        raise LabelError(f"teacher {spec!r}: expected 'env', 'rlrm:NAME(key=value, ...)', 'python:module:function' "
+                         "or 'file:PATH'")
+
+
+class FeedbackFiles:
+    """The paths of the loop's files inside a run folder (see the module docstring)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.labels = root / "labels"
+        self.queries = root / "queries.jsonl"
+        self.state = root / "feedback.json"
+        self.models = root / "models"
+
+    def model(self, version: int) -> Path:
+        return self.models / f"reward_model_v{version}.safetensors"
+
+
+@dataclass
+class FeedbackState:
+    """Where a loop stands: its current model and version, every answer so far, the queries asked."""
+
+    spec: FeedbackSpec
+    teacher: str
+    files: FeedbackFiles
+    model: RewardModel
+    data: TransitionDataset | None = None
+    version: int = 0
+    asked: int = 0
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def next_episode(self) -> int:
+        """The first episode id free for the agent's transitions (after the pretraining episodes)."""
+        return 0 if self.data is None else int(self.data.episode.max()) + 1
+
+    def summary(self) -> dict[str, Any]:
+        """The numbers of the run's result row."""
+        return {"kind": self.spec.kind, "teacher": self.teacher, "budget": self.spec.budget, "queries": self.asked,
+                "rounds": len(self.rounds) - 1, "version": self.version}
+
+    def write(self) -> None:
+        """``feedback.json`` (written after the dataset and the model it points to)."""
+        model = self.files.model(self.version).relative_to(self.files.root)
+        atomic.write_json(self.files.state, {**self.summary(), "model": str(model),
+                                             "spec": self.spec.to_dict(), "history": self.rounds})
+
+
+def start_feedback(spec: RunSpec, folder: RunFolder, progress: bool = False) -> FeedbackState:
+    """The loop's starting point (version 0): the run's reward model, or one trained on ``pretrain_steps``
+    random-policy transitions labeled by the teacher (those labels count against the budget)."""
+    fb = spec.feedback
+    if fb is None:
+        raise ConfigError(f"{spec.name}: the run has no feedback loop")
+    teacher = fb.teacher or spec.task.labeler
+    files = FeedbackFiles(folder.feedback_dir)
+    files.models.mkdir(parents=True, exist_ok=True)
+    model = rm.load(spec.reward_model) if spec.reward_model else None
+    if model is not None and not isinstance(model, RewardModel):
+        raise ConfigError(f"{spec.reward_model}: an ensemble reward model cannot be retrained online yet; give a "
+                          "single model")
+    state = FeedbackState(fb, teacher, files, model if model is not None else RewardModel())
+    n = fb.pretrain_for(model is not None)
+    row: dict[str, Any] = {"round": 0, "timesteps": 0, "new": 0, "queries": 0}
+    if n:
+        raw = collect(spec.task, n, n_envs=min(8, n), seed=spec.seed + 1000, labeler="env", progress=progress)
+        answered = _ask(state, raw.with_labels(np.zeros(len(raw), np.float32), "unlabeled"), round_=0, timesteps=0)
+        state.data = answered
+        answered.save(files.labels)
+        row.update(new=len(answered), **_retrain(state, answered, spec))
+    elif model is None:
+        raise ConfigError(f"pretrain_steps: 0 without a reward model for {spec.task.name!r}; give --reward-model or "
+                          "label some random-policy transitions first")
+    rm.save(state.model, files.model(0))
+    state.rounds.append({**row, "queries": state.asked, "version": 0})
+    state.write()
+    return state
+
+
+def _ask(state: FeedbackState, query: TransitionDataset, *, round_: int, timesteps: int) -> TransitionDataset:
+    """Log the queries, ask the teacher about exactly these transitions, log its answers; return the answered rows
+    (a ``file:`` teacher may answer only some)."""
+    first = state.asked
+    lines = [{"kind": "query", "id": first + i, "round": round_, "timesteps": timesteps, "episode": int(e),
+              "step": int(s)} for i, (e, s) in enumerate(zip(query.episode, query.step))]
+    _append_lines(state.files.queries, lines)
+    answered = labels.apply(query, state.teacher)
+    ids = {(int(e), int(s)): first + i for i, (e, s) in enumerate(zip(query.episode, query.step))}
+    _append_lines(state.files.queries, [
+        {"kind": "answer", "id": ids[int(e), int(s)], "label": float(x)}
+        for e, s, x in zip(answered.episode, answered.step, answered.label)])
+    state.asked += len(answered)
+    return answered
+
+
+def _append_lines(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _retrain(state: FeedbackState, newest: TransitionDataset, spec: RunSpec) -> dict[str, Any]:
+    """Retrain on every answer so far (warm start); the metrics of the new model on the newest answers."""
+    assert state.data is not None
+    cfg = TrainConfig(epochs=state.spec.feedback_epochs, seed=spec.seed + len(state.rounds))
+    start = time.perf_counter()
+    state.model = train_reward_model([state.data], cfg, model=state.model, progress=False).model
+    fit = task_metrics(state.model, newest)
+    return {"train_seconds": round(time.perf_counter() - start, 3), "fit": {k: fit[k] for k in METRICS}}
+
+
+class RecordingReward:
+    """A :class:`~rlrm.reward_fn.RewardFn` that passes every call to ``inner`` and keeps the batch it was last asked
+    about. On the training VecEnv that is each vector step's transitions as the reward model sees them: raw
+    observations (below any VecNormalize) and the true terminal ``next_obs``."""
+
+    def __init__(self, inner: RewardFn) -> None:
+        self.inner = inner
+        self.observation_space = inner.observation_space
+        self.action_space = inner.action_space
+        self.last: tuple[Any, Any, Any, np.ndarray] | None = None
+        if std_method(inner) is not None:  # an ensemble's std stays available to the wrapper
+            self.with_std = self._with_std
+
+    def __call__(self, obs: Any, action: Any, next_obs: Any, done: np.ndarray) -> np.ndarray:
+        self.last = (obs, action, next_obs, done)
+        return self.inner(obs, action, next_obs, done)
+
+    def _with_std(self, obs: Any, action: Any, next_obs: Any, done: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.last = (obs, action, next_obs, done)
+        return std_method(self.inner)(obs, action, next_obs, done)
+
+
+class TransitionRing:
+    """The training transitions of the last ``capacity`` vector steps, with episode ids and steps of their own."""
+
+    def __init__(self, task: Task, obs_space: Any, action_space: Any, n_envs: int, capacity: int,
+                 first_episode: int) -> None:
+        self.task, self.obs_space, self.action_space = task, obs_space, action_space
+        self.steps: deque[dict[str, np.ndarray]] = deque(maxlen=capacity)
+        self.episode = np.arange(first_episode, first_episode + n_envs, dtype=np.int64)
+        self.step = np.zeros(n_envs, np.int32)
+        self.next_episode = first_episode + n_envs
+
+    def add(self, batch: tuple[Any, Any, Any, np.ndarray], dones: np.ndarray, infos: list[dict[str, Any]]) -> None:
+        """Store one vector step (``batch`` from :class:`RecordingReward`) and advance the episode counters."""
+        obs, action, next_obs, terminated = batch
+        row = {**{k: np.array(v) for k, v in sp.split(self.obs_space, obs, "obs").items()},
+               **{k: np.array(v) for k, v in sp.split(self.action_space, action, "action").items()},
+               **{k: np.array(v) for k, v in sp.split(self.obs_space, next_obs, "next_obs").items()},
+               "terminated": np.array(terminated, bool),
+               "truncated": np.array([bool(d) and bool(i.get("TimeLimit.truncated", False))
+                                      for d, i in zip(dones, infos)]),
+               "env_reward": np.array([float(i.get("true_reward", 0.0)) for i in infos], np.float32),
+               "episode": self.episode.copy(), "step": self.step.copy()}
+        self.steps.append(row)
+        self.step += 1
+        for i in np.flatnonzero(dones):
+            self.episode[i] = self.next_episode
+            self.next_episode += 1
+            self.step[i] = 0
+
+    def dataset(self) -> TransitionDataset | None:
+        """The stored transitions (labels: the env reward, never shown to a teacher), or ``None`` if empty."""
+        if not self.steps:
+            return None
+        a = {k: np.concatenate([r[k] for r in self.steps]) for k in self.steps[0]}
+        return TransitionDataset.from_arrays(
+            self.task, self.obs_space, self.action_space, obs=sp.join(self.obs_space, a, "obs"),
+            action=sp.join(self.action_space, a, "action"), next_obs=sp.join(self.obs_space, a, "next_obs"),
+            terminated=a["terminated"], truncated=a["truncated"], episode=a["episode"], step=a["step"],
+            env_reward=a["env_reward"], label_source="unlabeled", info={"policy": "agent"})
+
+
+def _concat(a: TransitionDataset, b: TransitionDataset) -> TransitionDataset:
+    """The rows of both (disjoint episode/step ids), sorted; ``b``'s label source."""
+    def leaves(space: Any, name: str) -> dict[str, np.ndarray]:
+        x, y = sp.split(space, getattr(a, name), name), sp.split(space, getattr(b, name), name)
+        return {k: np.concatenate([x[k], y[k]]) for k in x}
+
+    obs, act, nxt = leaves(a.obs_space, "obs"), leaves(a.action_space, "action"), leaves(a.obs_space, "next_obs")
+    cat = {k: np.concatenate([getattr(a, k), getattr(b, k)])
+           for k in ("terminated", "truncated", "episode", "step", "env_reward", "label")}
+    return TransitionDataset.from_arrays(
+        a.task, a.obs_space, a.action_space, obs=sp.join(a.obs_space, obs, "obs"),
+        action=sp.join(a.action_space, act, "action"), next_obs=sp.join(a.obs_space, nxt, "next_obs"),
+        label_source=b.label_source, info=a.info, **cat)
+
+
+def learned_reward_wrapper(venv: VecEnv) -> VecLearnedReward:
+    """The :class:`VecLearnedReward` in a VecEnv stack."""
+    while not isinstance(venv, VecLearnedReward):
+        if not isinstance(venv, VecEnvWrapper):
+            raise ConfigError("online feedback: the training env has no learned-reward wrapper")
+        venv = venv.venv
+    return venv
+
+
+class FeedbackLoop(BaseCallback):
+    """The rounds of the loop, as an SB3 callback (see the module docstring).
+
+    :param recorder: the reward function the training env was built with (wrapping version ``state.version``).
+    :param evaluations: the run's true-reward evaluations so far (the newest is reported with each round).
+    :param on_swap: told each new reward function (e.g. to pay evaluation envs the same model).
+    """
+
+    def __init__(self, spec: RunSpec, state: FeedbackState, recorder: RecordingReward, *,
+                 evaluations: Callable[[], list[dict[str, Any]]],
+                 on_swap: Callable[[RewardFn], None] = lambda fn: None) -> None:
+        super().__init__()
+        self.spec, self.state, self.recorder = spec, state, recorder
+        self.evaluations, self.on_swap = evaluations, on_swap
+        self.rng = np.random.default_rng(spec.seed + 7919)
+        self._ring: TransitionRing | None = None
+        self._next = 0
+        self._last_end = 0
+        self._rollout = 0
+
+    def _on_training_start(self) -> None:
+        venv = self.training_env
+        every = self.state.spec.feedback_every
+        self._ring = TransitionRing(self.spec.task, venv.observation_space, venv.action_space, venv.num_envs,
+                                    max(1, math.ceil(every / venv.num_envs)), self.state.next_episode)
+        self._next = (self.num_timesteps // every + 1) * every
+        self._last_end = self.num_timesteps
+
+    def _on_step(self) -> bool:
+        batch, self.recorder.last = self.recorder.last, None
+        if batch is not None and self._ring is not None and self.state.asked < self.state.spec.budget:
+            self._ring.add(batch, np.asarray(self.locals["dones"]), self.locals["infos"])
+        return True
+
+    def _on_rollout_end(self) -> None:
+        now = self.num_timesteps
+        self._rollout, self._last_end = now - self._last_end, now
+        if now < self._next or self.state.asked >= self.state.spec.budget:
+            return
+        self._next = (now // self.state.spec.feedback_every + 1) * self.state.spec.feedback_every
+        if now < self.spec.agent.n_timesteps:  # a round after the last rollout would train nothing on it
+            self._round(now)
+
+    def _rounds_left(self, now: int) -> int:
+        """This round and the later ones: rollout ends before the last that pass a grid point."""
+        every, target, size = self.state.spec.feedback_every, self.spec.agent.n_timesteps, max(self._rollout, 1)
+        count, end = 1, now + size
+        while end < target:
+            count += (end // every) > ((end - size) // every)
+            end += size
+        return count
+
+    def _round(self, now: int) -> None:
+        state, ring = self.state, self._ring
+        assert ring is not None
+        candidates = ring.dataset()
+        ring.steps.clear()
+        left = state.spec.budget - state.asked
+        want = min(math.ceil(left / self._rounds_left(now)), left, len(candidates) if candidates else 0)
+        if candidates is None or want <= 0:
+            return
+        pick = np.sort(self.rng.choice(len(candidates), want, replace=False))
+        answered = _ask(state, candidates.subset(pick), round_=len(state.rounds), timesteps=now)
+        if len(answered) == 0:
+            return
+        heldout = task_metrics(state.model, answered)  # the current model has never seen these
+        state.data = answered if state.data is None else _concat(state.data, answered)
+        state.data.save(state.files.labels)
+        row = {"round": len(state.rounds), "timesteps": now, "new": len(answered), "queries": state.asked,
+               "heldout": {k: heldout[k] for k in METRICS}, **_retrain(state, answered, self.spec)}
+        self._swap(state.version + 1)
+        row["version"] = state.version
+        row["relabel"] = self._relabel()
+        latest = (self.evaluations() or [None])[-1]
+        row["eval"] = ({k: latest.get(k) for k in ("timesteps", "true_mean", "learned_mean")}
+                       if latest is not None else None)
+        state.rounds.append(row)
+        state.write()
+        self._log(row)
+
+    def _swap(self, version: int) -> None:
+        """Save the retrained model as ``version`` and pay the agent with it from the next step on."""
+        rm.save(self.state.model, self.state.files.model(version))
+        self.state.version = version
+        fn = self.state.model.reward_fn(self.spec.task.name)
+        self.recorder = RecordingReward(fn)
+        learned_reward_wrapper(self.training_env).set_reward(self.recorder, version)
+        self.on_swap(fn)
+
+    def _relabel(self) -> dict[str, Any] | None:
+        """Recompute an off-policy agent's whole replay buffer with the current model (SB3 stores Box actions
+        rescaled to [-1, 1]); the rows relabelled and the seconds it took."""
+        if not isinstance(self.model, OffPolicyAlgorithm) or self.model.replay_buffer is None:
+            return None
+        report = relabel_buffer(self.model.replay_buffer, self.recorder.inner, shaping=self.spec.shaping,
+                                version=self.state.version, steps=self.num_timesteps, scaled_actions=True)
+        return {"rows": report.rows, "seconds": round(report.seconds, 4)}
+
+    def _log(self, row: dict[str, Any]) -> None:
+        self.logger.record("feedback/queries", row["queries"])
+        self.logger.record("feedback/version", row["version"])
+        for part in ("heldout", "fit"):
+            for k, v in row[part].items():
+                if v is not None and math.isfinite(v):
+                    self.logger.record(f"feedback/{part}_{k}", v)
+        self.logger.dump(self.num_timesteps)
