@@ -339,6 +339,7 @@ class FeedbackLoop(BaseCallback):
                "heldout": {k: heldout[k] for k in METRICS}, **_retrain(state, answered, self.spec)}
         self._swap(state.version + 1)
         row["version"] = state.version
+        row["reward_version"] = learned_reward_wrapper(self.training_env).reward_version  # what pays the agent now
         row["relabel"] = self._relabel()
         latest = (self.evaluations() or [None])[-1]
         row["eval"] = ({k: latest.get(k) for k in ("timesteps", "true_mean", "learned_mean")}
@@ -363,7 +364,7 @@ class FeedbackLoop(BaseCallback):
             return None
         report = relabel_buffer(self.model.replay_buffer, self.recorder.inner, shaping=self.spec.shaping,
                                 version=self.state.version, steps=self.num_timesteps, scaled_actions=True)
-        return {"rows": report.rows, "seconds": round(report.seconds, 4)}
+        return {"rows": report.rows, "seconds": round(report.seconds, 4), "version": report.version}
 
     def _log(self, row: dict[str, Any]) -> None:
         self.logger.record("feedback/queries", row["queries"])

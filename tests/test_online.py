@@ -1,0 +1,112 @@
+"""The online feedback loop (issue #11) through ``python -m rlrm.train_agent --feedback labels``: rounds, the budget,
+the query log against the answers on disk, the model versions swapped into the running wrapper, and (SAC) the
+replay buffer relabelled."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlrm import model as rm
+from rlrm.data.dataset import TransitionDataset
+from rlrm.rewards import known_env_reward
+from rlrm.train_agent import entry
+
+PPO = ["--task", "Pendulum-v1", "--algo", "ppo", "-n", "4096", "--params", "n_steps:256", "n_envs:4", "n_epochs:2",
+       "--eval-freq", "2048", "--eval-episodes", "2", "--no-progress"]
+
+
+def _run_dir(out: Path, algo: str) -> Path:
+    (run,) = (out / algo).glob("Pendulum-v1_*")
+    return run
+
+
+def _log(run: Path) -> tuple[dict[int, dict], dict[int, float]]:
+    queries, answers = {}, {}
+    for line in (run / "feedback" / "queries.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["kind"] == "query":
+            assert rec["id"] not in queries
+            queries[rec["id"]] = rec
+        else:
+            assert rec["kind"] == "answer" and rec["id"] not in answers
+            answers[rec["id"]] = rec["label"]
+    return queries, answers
+
+
+@pytest.fixture(scope="module")
+def ppo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("online_ppo")
+    assert entry([*PPO, "--feedback", "labels", "--budget", "200", "--feedback-every", "1024",
+                  "--feedback-epochs", "5", "--output-dir", str(out)]) == 0
+    return _run_dir(out, "ppo")
+
+
+def test_rounds_budget_and_versions(ppo_run: Path) -> None:
+    fb = json.loads((ppo_run / "feedback" / "feedback.json").read_text())
+    rows = fb["history"]
+    # 50 random-policy labels first (a quarter of the budget), then a round at 1024, 2048 and 3072 steps (none at
+    # the end: nothing would train on it), the other 150 labels split evenly
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    assert [r["timesteps"] for r in rows] == [0, 1024, 2048, 3072]
+    assert [r["queries"] for r in rows] == [50, 100, 150, 200]
+    assert fb["queries"] == fb["budget"] == 200 and fb["version"] == 3 and fb["rounds"] == 3
+    # each round's model was swapped into the running wrapper under its round number
+    assert [r["reward_version"] for r in rows[1:]] == [1, 2, 3]
+    assert fb["model"] == "models/reward_model_v3.safetensors"
+    first, last = (rm.load(ppo_run / "feedback" / "models" / f"reward_model_v{v}.safetensors") for v in (0, 3))
+    assert any(not np.array_equal(a.numpy(), b.numpy())
+               for a, b in zip(first.state_dict().values(), last.state_dict().values()))
+    for r in rows[1:]:  # held-out metrics on the agent's newest states, EPIC against Pendulum's known reward
+        assert np.isfinite(r["heldout"]["r2"]) and 0.0 <= r["heldout"]["epic"] <= 1.0
+        assert r["relabel"] is None  # PPO has no replay buffer
+    assert rows[-1]["eval"]["timesteps"] == 2048  # the newest evaluation before round 3
+    result = json.loads((ppo_run / "result.json").read_text())
+    assert result["feedback"]["queries"] == 200 and result["feedback"]["version"] == 3
+
+
+def test_log_and_dataset_hold_exactly_the_answers(ppo_run: Path) -> None:
+    queries, answers = _log(ppo_run)
+    assert len(answers) == 200 and set(answers) <= set(queries)  # every answer answers a query
+    ds = TransitionDataset.load(ppo_run / "feedback" / "labels")
+    on_disk = {(int(e), int(s)): float(x) for e, s, x in zip(ds.episode, ds.step, ds.label)}
+    asked = {(queries[i]["episode"], queries[i]["step"]): answers[i] for i in answers}
+    assert len(on_disk) == len(ds) == 200
+    assert on_disk.keys() == asked.keys()
+    assert np.allclose([on_disk[k] for k in asked], list(asked.values()), atol=1e-6)
+    # the env teacher's answers are Pendulum's reward of the transitions as recorded (raw obs, the action sent)
+    truth = known_env_reward("Pendulum-v1")(ds.obs, ds.action, ds.next_obs, ds.terminated)
+    assert np.allclose(ds.label, truth, atol=1e-4)
+    # the agent's transitions (150) have episode ids after the 8 pretraining episodes (50 steps on 8 envs)
+    assert (ds.episode >= 8).sum() == 150 and ds.info.get("policy") == "random"
+
+
+def test_sac_buffer_relabelled(tmp_path: Path) -> None:
+    assert entry(["--task", "Pendulum-v1", "--algo", "sac", "-n", "300", "--params", "learning_starts:50",
+                  "batch_size:32", "--eval-freq", "0", "--eval-episodes", "1", "--no-progress", "--feedback", "labels",
+                  "--budget", "60", "--pretrain-steps", "20", "--feedback-every", "100", "--feedback-epochs", "3",
+                  "--output-dir", str(tmp_path)]) == 0
+    rows = json.loads((_run_dir(tmp_path, "sac") / "feedback" / "feedback.json").read_text())["history"]
+    assert [(r["timesteps"], r["queries"]) for r in rows] == [(0, 20), (100, 40), (200, 60)]
+    # the whole buffer (one env: a row per step so far) now holds the rewards of the round's model
+    assert [r["relabel"]["rows"] for r in rows[1:]] == [100, 200]
+    assert [r["relabel"]["version"] for r in rows[1:]] == [r["reward_version"] for r in rows[1:]] == [1, 2]
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--feedback", "labels"], "needs --budget"),
+    (["--feedback", "labels", "--budget", "0"], "--budget: expected a positive integer"),
+    (["--feedback", "labels", "--budget", "10", "--teacher", "rlrm:no_such_reward"], "rlrm:no_such_reward"),
+    (["--feedback", "labels", "--budget", "10", "--teacher", "nonsense"], "teacher 'nonsense'"),
+    (["--feedback", "labels", "--budget", "10", "--reward", "true"], "needs a learned reward"),
+    (["--budget", "10"], "only with --feedback"),
+])
+def test_bad_input_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str],
+                            expected: str) -> None:
+    assert entry([*PPO, "--output-dir", str(tmp_path / "out"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err
+    assert not (tmp_path / "out").exists()  # refused before anything was created
