@@ -7,10 +7,12 @@ feature standardization near the data's, the ``auto`` dtype). Target: at most 2 
 
 Each configuration is timed ``--repeats`` times; the script prints the median and the spread (min-max), and checks
 4,096 relabelled rows against ``model.predict`` (torch) within 1e-5. ``--sweep`` also times other batch sizes and
-the float32/float64 paths.
+the float64 path. The matrix products dominate, and OpenBLAS's threads matter on a busy machine: the first line
+prints ``OPENBLAS_NUM_THREADS`` (set it in the environment to compare, e.g. ``OPENBLAS_NUM_THREADS=1``).
 
     python benchmarks/relabel_buffer.py            # full run
     python benchmarks/relabel_buffer.py --quick    # smoke run (100,000 rows, 2 repeats)
+    OPENBLAS_NUM_THREADS=1 python benchmarks/relabel_buffer.py --sweep
 """
 
 from __future__ import annotations
@@ -100,7 +102,9 @@ def _machine() -> str:
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
     cores = len(os.sched_getaffinity(0))
-    return f"{cpu}, {cores} cores, numpy {np.__version__}, {datetime.date.today()}, commit {commit}"
+    blas = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
+    return (f"{cpu}, {cores} cores, OPENBLAS_NUM_THREADS={blas}, numpy {np.__version__}, {datetime.date.today()}, "
+            f"commit {commit}")
 
 
 def main() -> None:
@@ -124,11 +128,11 @@ def main() -> None:
     print(_describe(f"batch {args.batch_size}", _time(buf, fn, args.batch_size, args.repeats)))
     print(f"max |relabelled - model.predict| over 4,096 rows: {_check(buf, model):.2e}")
     if args.sweep:
-        for dtype in ("float32", "float64"):
+        runs = [("float32", bs) for bs in (4096, 16384, 65536, 262144)] + [("float64", args.batch_size)]
+        for dtype, bs in runs:
             f = model.reward_fn(TASK, dtype=dtype)
-            for bs in (4096, 16384, 65536, 262144):
-                relabel_buffer(buf, f, batch_size=bs)
-                print(_describe(f"{dtype} batch {bs}", _time(buf, f, bs, max(3, args.repeats // 2))))
+            relabel_buffer(buf, f, batch_size=bs)
+            print(_describe(f"{dtype} batch {bs}", _time(buf, f, bs, max(3, args.repeats // 2))))
 
 
 if __name__ == "__main__":
