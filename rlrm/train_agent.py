@@ -28,7 +28,7 @@ from rlrm import cli, experiment
 from rlrm import model as rm
 from rlrm.errors import ConfigError
 from rlrm.rl.folder import FeedbackSpec
-from rlrm.rl.hyperparams import check_spec, default_algo, load_spec, parse_params
+from rlrm.rl.hyperparams import OFF_POLICY, check_spec, default_algo, load_spec, parse_params
 from rlrm.rl.online import check_teacher
 from rlrm.rl.runs import RunInterrupted, train_run
 from rlrm.tasks import load_catalog
@@ -114,6 +114,9 @@ def _feedback(args: argparse.Namespace, tasks: Sequence[Any]) -> FeedbackSpec | 
                         args.pretrain_steps, args.feedback_epochs)
     for task in tasks:
         check_teacher(spec.teacher or task.labeler)
+        if (args.algo or default_algo(task)) in OFF_POLICY and args.reward_alpha < 1.0:
+            raise ConfigError(f"--reward-alpha {args.reward_alpha}: with --feedback the replay buffer is relabelled, "
+                              "and it does not keep the true reward to mix in; expected 1 for off-policy agents")
     return spec
 
 

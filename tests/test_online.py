@@ -103,10 +103,12 @@ def test_sac_buffer_relabelled(tmp_path: Path) -> None:
     (["--feedback", "labels", "--budget", "10", "--teacher", "nonsense"], "teacher 'nonsense'"),
     (["--feedback", "labels", "--budget", "10", "--reward", "true"], "needs a learned reward"),
     (["--budget", "10"], "only with --feedback"),
+    (["--feedback", "labels", "--budget", "10", "--algo", "sac", "--reward-alpha", "0.5"], "--reward-alpha 0.5"),
 ])
 def test_bad_input_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str],
                             expected: str) -> None:
-    assert entry([*PPO, "--output-dir", str(tmp_path / "out"), *extra]) == 2
+    base = ["--task", "Pendulum-v1", "--algo", "ppo", "-n", "1000", "--no-progress"]
+    assert entry([*base, "--output-dir", str(tmp_path / "out"), *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expected in err, err
     assert not (tmp_path / "out").exists()  # refused before anything was created

@@ -46,6 +46,7 @@ from rlrm.errors import ConfigError, LabelError
 from rlrm.model.network import RewardModel
 from rlrm.reward_fn import RewardFn, std_method
 from rlrm.rl.folder import FeedbackSpec, RunFolder, RunSpec
+from rlrm.rl.hyperparams import OFF_POLICY
 from rlrm.rl.relabel import relabel_buffer
 from rlrm.tasks import Task
 from rlrm.train.heldout import task_metrics
@@ -122,6 +123,9 @@ def start_feedback(spec: RunSpec, folder: RunFolder, progress: bool = False) -> 
     fb = spec.feedback
     if fb is None:
         raise ConfigError(f"{spec.name}: the run has no feedback loop")
+    if spec.agent.algo in OFF_POLICY and spec.shaping.alpha < 1.0:
+        raise ConfigError(f"{spec.name}: online feedback relabels the replay buffer, which does not keep the true "
+                          f"reward that reward_alpha {spec.shaping.alpha} mixes in; expected reward_alpha 1")
     teacher = fb.teacher or spec.task.labeler
     files = FeedbackFiles(folder.feedback_dir)
     files.models.mkdir(parents=True, exist_ok=True)
