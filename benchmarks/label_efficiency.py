@@ -8,9 +8,10 @@ Per family (CartPole cart position, HalfCheetah velocity, PointGoal goal), all o
    ``frozen`` (head on the frozen encoder), ``finetune``, ``auto`` (``extend_model(..., "auto")``, the library's
    choice) and ``scratch`` (a single-task model with the same training config and its best learning rate of
    :data:`SCRATCH_LRS`, picked on the test set: this favours scratch). ``auto`` is one honest
-   ``extend_model`` call; ``frozen``/``finetune`` are the model ``extend_model(..., mode)`` returns (below
-   ``CV_BELOW`` labels its final full-budget training, without the cross-validation that only feeds its
-   reported metrics), reused from ``auto`` where it chose that mode, trained once more otherwise.
+   ``extend_model`` call; ``frozen``/``finetune`` are the model ``extend_model(..., mode)`` returns (where it
+   cross-validates, ``rlrm.train.fewshot.cross_validates``: its final full-budget training, without the
+   cross-validation that only feeds its reported metrics), reused from ``auto`` where it chose that mode,
+   trained once more otherwise.
 2. Task weighting: ``equal``/``uncertainty``/``pcgrad`` on the training tasks with ``--weighting-labels`` per task;
    held-out r2 of the training tasks, and of the held-out tasks from a frozen head fitted on 64 labels.
 3. Transfer (CartPole): an encoder trained on one task alone, then a frozen head for every task from 64 labels.
@@ -53,7 +54,7 @@ from rlrm.data.dataset import TransitionDataset
 from rlrm.data.rollout import collect
 from rlrm.model.network import ModelConfig, RewardModel
 from rlrm.tasks import Task, load_catalog
-from rlrm.train.fewshot import CV_BELOW, extend_model
+from rlrm.train.fewshot import cross_validates, extend_model
 from rlrm.train.heldout import epic_to_labels, predict_dataset
 from rlrm.train.loop import TrainConfig, train_reward_model
 from rlrm.train.transfer import single_task_comparison
@@ -167,17 +168,18 @@ def test_metrics(model: RewardModel, test: TransitionDataset, epic: bool = True)
 
 def mode_model(base: RewardModel, ds: TransitionDataset, cfg: TrainConfig, mode: str) -> RewardModel:
     """The model ``extend_model(base, [ds], cfg, mode)`` returns, without the cross-validation it runs below
-    ``CV_BELOW`` labels only to report out-of-fold metrics (the final model is the full-budget training)."""
-    if len(ds) < CV_BELOW:
+    cross-validated sizes only to report out-of-fold metrics (the final model is the full-budget training)."""
+    if cross_validates([ds]):
         cfg = replace(cfg, val_frac=0.0, patience=0)
     cfg = replace(cfg, freeze_encoder=mode == "frozen")
     return train_reward_model([ds], cfg, model=copy.deepcopy(base), progress=False).model
 
 
-def scratch_config(cfg: TrainConfig, n: int, lr: float) -> TrainConfig:
-    """Scratch trains as the final model of ``extend_model`` does: every label, full budget, below CV_BELOW."""
+def scratch_config(cfg: TrainConfig, ds: TransitionDataset, lr: float) -> TrainConfig:
+    """Scratch trains as the final model of ``extend_model`` does: every label, full budget, where it would
+    cross-validate."""
     cfg = replace(cfg, lr=lr)
-    return replace(cfg, val_frac=0.0, patience=0) if n < CV_BELOW else cfg
+    return replace(cfg, val_frac=0.0, patience=0) if cross_validates([ds]) else cfg
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -211,7 +213,7 @@ def one_point(base: RewardModel, pool: TransitionDataset, test: TransitionDatase
     best: tuple[float, float, RewardModel | None] = (-math.inf, float("nan"), None)
     for lr in SCRATCH_LRS:
         t0 = time.perf_counter()
-        model = train_reward_model([ds], scratch_config(cfg, n, lr), progress=False).model
+        model = train_reward_model([ds], scratch_config(cfg, ds, lr), progress=False).model
         m = test_metrics(model, test, epic=False)
         yield {"method": f"scratch@{lr:g}", "lr": lr, "chosen": "", "seconds": time.perf_counter() - t0, **m}
         if m["r2"] > best[0] or best[2] is None:
@@ -579,6 +581,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, default=5, help="seeds of the label-efficiency runs")
     p.add_argument("--cheetah-seeds", type=int, default=None, help="seeds for HalfCheetah (default: --seeds)")
     p.add_argument("--skip-classic", action="store_true")
+    p.add_argument("--ns", type=int, nargs="+", default=None, help="label counts (default 16 ... 4096)")
     p.add_argument("--library-budget", action="store_true", help="new-task methods train with the library's "
                    "TrainConfig defaults (lr 1e-3 for auto/frozen/finetune; >= 1,000 steps), label efficiency only")
     p.add_argument("--summary-only", action="store_true", help="recompute the tables from --out's CSV files")
@@ -588,6 +591,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     budget = QUICK if args.quick else Budget()
     if args.library_budget:
         budget = dataclasses.replace(budget, library_defaults=True, efficiency_only=True)
+    if args.ns:
+        budget = dataclasses.replace(budget, ns=tuple(args.ns))
     seeds = 1 if args.quick else args.seeds
     names = {"runs": "runs.csv", "weighting": "weighting.csv", "transfer": "transfer_cartpole.csv",
              "classic": "classic.csv", "pretrain": "pretrain.csv"}

@@ -206,3 +206,16 @@ def test_cli_few_dozen_labels_from_a_file_that_labels_only_some_transitions(work
     assert report["adaptation"]["new_tasks"] == ["Pendulum-v1/right"]
     assert report["tasks"]["Pendulum-v1/right"]["n_val"] == 48  # out-of-fold over every label
     assert report["tasks"]["Pendulum-v1/right"]["r2"] > 0.5
+
+
+def test_few_episodes_are_cross_validated_whatever_the_label_count(pendulum_20k):
+    """A 10% split of a few long episodes holds one or two of them, which stopped a frozen head after a few steps
+    in the label-efficiency benchmark (test r2 0.66 where full training gives 0.999)."""
+    from rlrm.train.fewshot import CV_EPISODES, cross_validates
+
+    eps = np.unique(pendulum_20k.episode)
+    few_eps = pendulum_20k.subset(np.isin(pendulum_20k.episode, eps[:10]))  # 2,000 labels, 10 episodes
+    assert len(few_eps) >= 512 and cross_validates([few_eps])
+    many = pendulum_20k.subset(np.isin(pendulum_20k.episode, eps[:CV_EPISODES]))
+    assert not cross_validates([many])
+    assert cross_validates([many.subset(slice(0, 300))])
