@@ -20,7 +20,7 @@ from rlrm.data.dataset import TransitionDataset
 from rlrm.data.rollout import collect
 from rlrm.errors import ConfigError, RewardError
 from rlrm.model.network import RewardModel
-from rlrm.rl.relabel import relabel_buffer
+from rlrm.rl.relabel import TrueRewardReplayBuffer, relabel_buffer
 from rlrm.tasks import Catalog, Task
 from rlrm.train.loop import TrainConfig, train_reward_model
 from rlrm.wrappers import RewardShaping, VecLearnedReward
@@ -71,10 +71,10 @@ def _pendulum_env() -> gym.Env:
     return Monitor(FALLING.make_env())
 
 
-def _fill(venv: VecEnv, policy: str = "MlpPolicy") -> SAC:
+def _fill(venv: VecEnv, policy: str = "MlpPolicy", **kwargs: Any) -> SAC:
     """A tiny SAC whose buffer (60 steps x 2 envs) wraps around during STEPS env steps, past learning_starts."""
     agent = SAC(policy, venv, buffer_size=120, learning_starts=60, batch_size=32, policy_kwargs={"net_arch": [16]},
-                seed=0, device="cpu")
+                seed=0, device="cpu", **kwargs)
     agent.learn(STEPS)
     buf = agent.replay_buffer
     assert buf.full and buf.pos > 0, "the test needs a buffer that has wrapped around"
@@ -147,6 +147,23 @@ def test_relabel_under_vecnormalize(falling_ds: TransitionDataset,
     _check_relabel(inner, buf, a, b, task)
 
 
+def test_relabel_alpha_with_true_rewards(falling_ds: TransitionDataset,
+                                         pendulum_models: tuple[RewardModel, RewardModel]) -> None:
+    """alpha < 1 pays a mix with the env's reward: TrueRewardReplayBuffer keeps it, and relabelling mixes it in."""
+    a, b = pendulum_models
+    task = falling_ds.task.name
+    venv = VecLearnedReward(DummyVecEnv([_pendulum_env] * N_ENVS), a, task=task, shaping=RewardShaping(alpha=0.25))
+    buf = _fill(venv, replay_buffer_class=TrueRewardReplayBuffer).replay_buffer
+    # Pendulum's own reward, from the stored observation (cos, sin, speed) and the unscaled action
+    obs, u = buf.observations.reshape(-1, 3), 2.0 * buf.actions.reshape(-1)
+    true = -(np.arctan2(obs[:, 1], obs[:, 0]) ** 2 + 0.1 * obs[:, 2] ** 2 + 0.001 * u ** 2)
+    np.testing.assert_allclose(buf.true_rewards.reshape(-1), true, atol=1e-4)
+    np.testing.assert_allclose(buf.rewards.reshape(-1), 0.25 * _expected(a, task, buf) + 0.75 * true, atol=1e-4)
+    venv.set_reward(b, version=1)
+    relabel_buffer(buf, venv.reward_fn, venv.transform, version=1)
+    np.testing.assert_allclose(buf.rewards.reshape(-1), 0.25 * _expected(b, task, buf) + 0.75 * true, atol=1e-4)
+
+
 def _small_buffer(**kwargs: Any) -> ReplayBuffer:
     env = gym.make("Pendulum-v1")
     buf = ReplayBuffer(10, env.observation_space, env.action_space, device="cpu", **kwargs)
@@ -181,6 +198,10 @@ def test_refusals(falling_ds: TransitionDataset, pendulum_models: tuple[RewardMo
                  buf.dones[:4, 0] > 0)
     np.testing.assert_allclose(buf.rewards[:4, 0], 0.25 * learned + 0.75 * np.arange(4), atol=1e-5)
     assert np.all(buf.rewards[4:] == 0)  # rows past pos are not transitions
+
+    buf.true_rewards[1, 0] = np.nan  # a transition stored without info["true_reward"]
+    with pytest.raises(ConfigError, match="no true reward"):
+        relabel_buffer(buf, fn, RewardShaping(alpha=0.25))
 
     # a non-finite reward leaves the buffer as it was
     buf.observations[2, 0, 0] = np.nan

@@ -16,8 +16,9 @@ What the buffer holds, as SB3's off-policy ``_store_transition`` writes it, and 
   computes it.
 
 Shaping with ``alpha < 1`` mixes in the env's true reward, which SB3 buffers do not store: such a buffer is relabelled
-only when it carries a ``true_rewards`` array shaped like ``rewards`` (the env's reward per transition, kept by the
-caller); otherwise :func:`relabel_buffer` refuses rather than guess it.
+only when it carries a ``true_rewards`` array shaped like ``rewards``, as :class:`TrueRewardReplayBuffer` and
+:class:`TrueRewardDictReplayBuffer` keep (from ``info["true_reward"]``, which the reward wrappers set; pass one as
+SAC's ``replay_buffer_class``); otherwise :func:`relabel_buffer` refuses rather than guess it.
 """
 
 from __future__ import annotations
@@ -56,6 +57,32 @@ class RelabelReport:
     previous_version: int | None
 
 
+class _KeepsTrueRewards:
+    """Keeps ``info["true_reward"]`` of every stored transition in ``true_rewards`` (NaN where an info lacks it)."""
+
+    rewards: np.ndarray
+    pos: int
+    true_rewards: np.ndarray
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.true_rewards = np.full_like(self.rewards, np.nan)
+
+    def add(self, obs: Any, next_obs: Any, action: np.ndarray, reward: np.ndarray, done: np.ndarray,
+            infos: list[dict[str, Any]]) -> None:
+        self.true_rewards[self.pos] = [info.get("true_reward", np.nan) for info in infos]
+        super().add(obs, next_obs, action, reward, done, infos)  # type: ignore[misc]  # moves pos on
+
+
+class TrueRewardReplayBuffer(_KeepsTrueRewards, ReplayBuffer):
+    """A :class:`ReplayBuffer` that also keeps the env's true reward, so that shaping with ``alpha < 1`` can be
+    relabelled."""
+
+
+class TrueRewardDictReplayBuffer(_KeepsTrueRewards, DictReplayBuffer):
+    """:class:`TrueRewardReplayBuffer` for Dict observations."""
+
+
 def relabel_buffer(buffer: ReplayBuffer, reward_fn: RewardFn, shaping: RewardShaping | None = None,
                    batch_size: int = 65536, version: int | None = None, *, steps: int = 0,
                    scaled_actions: bool = True) -> RelabelReport:
@@ -79,12 +106,12 @@ def relabel_buffer(buffer: ReplayBuffer, reward_fn: RewardFn, shaping: RewardSha
     start = time.perf_counter()
     shaping = shaping or RewardShaping()
     _check_buffer(buffer, reward_fn, batch_size)
-    true = _true_rewards(buffer, shaping)
     with_std = std_method(reward_fn)
     if shaping.uncertainty and with_std is None:
         raise ConfigError(f"shaping: uncertainty is {shaping.uncertainty} but the reward function gives no std "
                           "(a single model); expected a reward ensemble")
     rows = (buffer.buffer_size if buffer.full else buffer.pos) * buffer.n_envs
+    true = _true_rewards(buffer, shaping, rows)
     obs, next_obs = _flat_obs(buffer, buffer.observations), _flat_obs(buffer, buffer.next_observations)
     actions = buffer.actions.reshape(-1, *buffer.action_space.shape)
     dones, timeouts = buffer.dones.reshape(-1), buffer.timeouts.reshape(-1)
@@ -126,8 +153,8 @@ def _check_buffer(buffer: Any, reward_fn: RewardFn, batch_size: int) -> None:
     sp.check_compatible(reward_fn.action_space, buffer.action_space, "relabel_buffer: action space")
 
 
-def _true_rewards(buffer: Any, shaping: RewardShaping) -> np.ndarray | None:
-    """The env's rewards, flattened, when the shaping mixes them in (``alpha < 1``); else ``None``."""
+def _true_rewards(buffer: Any, shaping: RewardShaping, rows: int) -> np.ndarray | None:
+    """The env's rewards of the ``rows`` stored transitions when the shaping mixes them in (``alpha < 1``)."""
     if shaping.alpha == 1.0:
         return None
     true = getattr(buffer, "true_rewards", None)
@@ -136,7 +163,11 @@ def _true_rewards(buffer: Any, shaping: RewardShaping) -> np.ndarray | None:
         raise ConfigError(f"shaping: alpha={shaping.alpha} mixes in the true reward, which the buffer does not "
                           f"store (buffer.true_rewards: {found}); expected an array shaped {buffer.rewards.shape}, "
                           "or alpha=1")
-    return true.reshape(-1)
+    true = true.reshape(-1)[:rows]
+    if not np.all(np.isfinite(true)):
+        raise ConfigError("buffer.true_rewards: some stored transitions have no true reward (an info without "
+                          "'true_reward'); expected the buffer to be filled through VecLearnedReward, or alpha=1")
+    return true
 
 
 def _flat_obs(buffer: Any, stored: Any) -> Any:
