@@ -19,6 +19,7 @@ import rlrm.tasks  # noqa: F401  (registers rlrm/PointGoal-v0)
 from rlrm.data.dataset import TransitionDataset
 from rlrm.data.rollout import collect
 from rlrm.errors import ConfigError, RewardError
+from rlrm.model.ensemble import RewardEnsemble
 from rlrm.model.network import RewardModel
 from rlrm.rl.relabel import TrueRewardReplayBuffer, relabel_buffer
 from rlrm.tasks import Catalog, Task
@@ -209,3 +210,17 @@ def test_refusals(falling_ds: TransitionDataset, pendulum_models: tuple[RewardMo
         relabel_buffer(buf, fn, version=2)
     assert buf.reward_version == 1
     np.testing.assert_allclose(buf.rewards[:4, 0], 0.25 * learned + 0.75 * np.arange(4), atol=1e-5)
+
+
+def test_relabel_uncertainty_weight(falling_ds: TransitionDataset,
+                                    pendulum_models: tuple[RewardModel, RewardModel]) -> None:
+    """An ensemble's std enters with the (decayed) uncertainty weight after ``steps`` env steps, for every row."""
+    task = falling_ds.task.name
+    ens = RewardEnsemble(list(pendulum_models))
+    buf = _small_buffer()
+    shaping = RewardShaping(uncertainty=-0.5, uncertainty_decay=0.01)
+    relabel_buffer(buf, ens.reward_fn(task), shaping, steps=100)
+    mean, std = ens.predict(task, buf.observations[:4, 0], np.zeros((4, 1), np.float32), buf.next_observations[:4, 0],
+                            buf.dones[:4, 0] > 0, return_std=True)
+    assert np.all(std > 1e-3)
+    np.testing.assert_allclose(buf.rewards[:4, 0], mean - 0.5 * 0.99 ** 100 * std, atol=1e-5)
