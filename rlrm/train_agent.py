@@ -29,7 +29,7 @@ from rlrm import model as rm
 from rlrm.errors import ConfigError
 from rlrm.rl.folder import FeedbackSpec
 from rlrm.rl.hyperparams import OFF_POLICY, check_spec, default_algo, load_spec, parse_params
-from rlrm.rl.online import check_teacher
+from rlrm.rl.online import check_feedback
 from rlrm.rl.runs import RunInterrupted, train_run
 from rlrm.tasks import load_catalog
 from rlrm.wrappers import RewardShaping
@@ -37,7 +37,7 @@ from rlrm.wrappers import RewardShaping
 FLAGS = {"output_dir": "--output-dir", "params": "--params", "reward_model": "--reward-model",
          "hyperparams_dir": "--hyperparams-dir", "budget": "--budget", "feedback_every": "--feedback-every",
          "pretrain_steps": "--pretrain-steps", "feedback_epochs": "--feedback-epochs", "query": "--query",
-         "teacher": "--teacher"}
+         "teacher": "--teacher", "segment_length": "--segment-length"}
 
 
 PROG = "python -m rlrm.train_agent"
@@ -71,15 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "evaluations")
     r.add_argument("--uncertainty-decay", type=float, default=0.0, help="U shrinks by this fraction per env step")
     f = p.add_argument_group("online feedback: a teacher labels the agent's own transitions while it trains")
-    f.add_argument("--feedback", choices=("labels",), default=None,
-                   help="labels: scalar labels per transition (files in <run>/feedback/)")
-    f.add_argument("--teacher", default=None, help="labeler answering the queries: env | rlrm:NAME(...) | "
-                   "python:module:function | file:PATH (default: the task's labeler)")
-    f.add_argument("--budget", type=int, default=None, help="labels the teacher may be asked for, pretraining included")
+    f.add_argument("--feedback", choices=("labels", "preferences"), default=None,
+                   help="labels: scalar labels per transition; preferences: segment pairs judged by the task's "
+                   "labeler (files in <run>/feedback/)")
+    f.add_argument("--teacher", default=None, help="labels: the labeler answering: env | rlrm:NAME(...) | "
+                   "python:module:function | file:PATH (default: the task's labeler); preferences: a teacher spec "
+                   "such as oracle or mistake:eps=0.1 (default oracle)")
+    f.add_argument("--budget", type=int, default=None, help="labels (or pairs) the teacher may be asked for, "
+                   "pretraining included")
     f.add_argument("--feedback-every", type=int, default=1000, help="env steps between feedback rounds")
     f.add_argument("--query", choices=("uniform",), default="uniform", help="how queried transitions are chosen")
-    f.add_argument("--pretrain-steps", type=int, default=None, help="random-policy transitions labeled before "
-                   "training (default: a quarter of the budget without --reward-model, none with it)")
+    f.add_argument("--pretrain-steps", type=int, default=None, help="random-policy transitions before training, "
+                   "without --reward-model (labels: each one labeled, default a quarter of the budget; preferences: "
+                   "default 1000, a quarter of the budget in pairs asked on them)")
+    f.add_argument("--segment-length", type=int, default=25, help="preferences: steps per segment")
     f.add_argument("--feedback-epochs", type=int, default=20, help="training epochs per retraining (warm start)")
     h = p.add_argument_group("agent")
     h.add_argument("-n", "--timesteps", type=int, default=None, help="override n_timesteps")
@@ -111,9 +116,9 @@ def _feedback(args: argparse.Namespace, tasks: Sequence[Any]) -> FeedbackSpec | 
     if args.resume:
         raise ConfigError(f"--feedback {args.feedback}: --resume is not supported for runs with online feedback yet")
     spec = FeedbackSpec(args.feedback, args.teacher, args.budget, args.feedback_every, args.query,
-                        args.pretrain_steps, args.feedback_epochs)
+                        args.pretrain_steps, args.feedback_epochs, args.segment_length)
     for task in tasks:
-        check_teacher(spec.teacher or task.labeler)
+        check_feedback(spec, task)
         if (args.algo or default_algo(task)) in OFF_POLICY and args.reward_alpha < 1.0:
             raise ConfigError(f"--reward-alpha {args.reward_alpha}: with --feedback the replay buffer is relabelled, "
                               "and it does not keep the true reward to mix in; expected 1 for off-policy agents")

@@ -112,3 +112,31 @@ def test_bad_input_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expected in err, err
     assert not (tmp_path / "out").exists()  # refused before anything was created
+
+
+def test_preferences_online(tmp_path: Path) -> None:
+    from rlrm.data.preferences import LABELS, PreferenceDataset
+
+    assert entry([*PPO, "--feedback", "preferences", "--budget", "60", "--feedback-every", "1024",
+                  "--feedback-epochs", "3", "--segment-length", "20", "--output-dir", str(tmp_path)]) == 0
+    run = _run_dir(tmp_path, "ppo")
+    fb = json.loads((run / "feedback" / "feedback.json").read_text())
+    assert [(r["timesteps"], r["queries"]) for r in fb["history"]] == [(0, 15), (1024, 30), (2048, 45), (3072, 60)]
+    assert [r["reward_version"] for r in fb["history"][1:]] == [1, 2, 3] and fb["teacher"] == "oracle"
+    queries, answers = _log(run)
+    assert len(queries) == len(answers) == 60 and set(answers) == set(queries)
+    ds = TransitionDataset.load(run / "feedback" / "transitions")
+    prefs = PreferenceDataset.load(run / "feedback" / "preferences")
+    left, right = prefs.segment_rows(ds)
+    # the pairs on disk are the answered queries, with the teacher's words
+    asked = {((q["left"]["episode"], q["left"]["step"]), (q["right"]["episode"], q["right"]["step"])): answers[i]
+             for i, q in queries.items() if answers[i] != "skip"}
+    on_disk = {((int(ds.episode[a]), int(ds.step[a])), (int(ds.episode[b]), int(ds.step[b]))): LABELS[c]
+               for a, b, c in zip(left[:, 0], right[:, 0], prefs.label)}
+    assert len(prefs) == len(asked) == 60 and on_disk == asked
+    # the transitions on disk are exactly the asked segments' steps, labeled with Pendulum's reward (the oracle's)
+    assert len(ds) == len(np.unique(np.concatenate([left.ravel(), right.ravel()])))
+    truth = known_env_reward("Pendulum-v1")(ds.obs, ds.action, ds.next_obs, ds.terminated)
+    assert np.allclose(ds.label, truth, atol=1e-4)
+    lret, rret = prefs.segment_returns(ds.label)
+    assert np.all(np.where(prefs.label == 0, lret > rret, rret > lret))  # oracle: the larger return wins

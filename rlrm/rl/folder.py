@@ -55,14 +55,18 @@ class FeedbackSpec:
     """An online feedback loop (:mod:`rlrm.rl.online`): while the agent trains, a teacher labels transitions of its
     recent rollouts and the reward model is retrained on them.
 
-    :param kind: ``labels`` (scalar labels per transition).
-    :param teacher: a labeler spec (``env``, ``rlrm:...``, ``python:...``, ``file:...``); ``None``: the task's own.
-    :param budget: the most labels the teacher is asked for, pretraining included.
+    :param kind: ``labels`` (scalar labels per transition) or ``preferences`` (segment pairs; the teacher judges
+        them by the task's labeler).
+    :param teacher: labels: a labeler spec (``env``, ``rlrm:...``, ``python:...``, ``file:...``), ``None``: the
+        task's own; preferences: a teacher spec (:class:`rlrm.data.teachers.Teacher`), ``None``: ``oracle``.
+    :param budget: the most labels (or pairs) the teacher is asked for, pretraining included.
     :param feedback_every: env steps between feedback rounds.
     :param query: how the transitions to ask about are chosen (``uniform``).
-    :param pretrain_steps: random-policy transitions labeled before training (``None``: a quarter of the budget
-        without a starting reward model, none with one).
+    :param pretrain_steps: random-policy transitions before training (``None``: without a starting reward model, a
+        quarter of the budget (labels) or 1,000 (preferences: a quarter of the budget in pairs is asked on them);
+        none with one). Labels: each is asked, so at most the budget.
     :param feedback_epochs: training epochs per retraining (warm start; early stopping may end it sooner).
+    :param segment_length: preferences: steps per segment.
     """
 
     kind: str = "labels"
@@ -72,29 +76,33 @@ class FeedbackSpec:
     query: str = "uniform"
     pretrain_steps: int | None = None
     feedback_epochs: int = 20
+    segment_length: int = 25
 
     def __post_init__(self) -> None:
-        if self.kind != "labels":
-            raise ConfigError(f"feedback {self.kind!r}: expected 'labels' (preferences are not supported online yet)")
+        if self.kind not in ("labels", "preferences"):
+            raise ConfigError(f"feedback {self.kind!r}: expected 'labels' or 'preferences'")
         if self.query != "uniform":
             raise ConfigError(f"query {self.query!r}: expected 'uniform' (disagreement is not supported online yet)")
-        for name in ("budget", "feedback_every", "feedback_epochs"):
+        for name in ("budget", "feedback_every", "feedback_epochs", "segment_length"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name}: expected a positive integer, got {value!r}")
-        if self.pretrain_steps is not None and not 0 <= self.pretrain_steps <= self.budget:
+        most = self.budget if self.kind == "labels" else None
+        if self.pretrain_steps is not None and not 0 <= self.pretrain_steps <= (most or self.pretrain_steps):
             raise ConfigError(f"pretrain_steps: expected 0 to budget ({self.budget}) labels, got {self.pretrain_steps}")
 
     def pretrain_for(self, has_model: bool) -> int:
-        """How many random-policy transitions are labeled first (given whether a starting model exists)."""
+        """How many random-policy transitions are collected first (given whether a starting model exists)."""
         if self.pretrain_steps is not None:
             return self.pretrain_steps
-        return 0 if has_model else max(1, self.budget // 4)
+        if has_model:
+            return 0
+        return max(1, self.budget // 4) if self.kind == "labels" else 1000
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "teacher": self.teacher, "budget": self.budget,
                 "feedback_every": self.feedback_every, "query": self.query, "pretrain_steps": self.pretrain_steps,
-                "feedback_epochs": self.feedback_epochs}
+                "feedback_epochs": self.feedback_epochs, "segment_length": self.segment_length}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeedbackSpec:

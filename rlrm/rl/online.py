@@ -1,20 +1,24 @@
-"""The online feedback loop (issue #11): while an agent trains, a teacher labels transitions from the agent's own
-recent rollouts, the reward model is retrained on every answer so far (warm start) and swapped into the running
-:class:`~rlrm.wrappers.VecLearnedReward` without rebuilding the envs.
+"""The online feedback loop (issue #11): while an agent trains, a teacher labels transitions (or compares segment
+pairs) from the agent's own recent rollouts, the reward model is retrained on every answer so far (warm start) and
+swapped into the running :class:`~rlrm.wrappers.VecLearnedReward` without rebuilding the envs.
 
 1. :func:`start_feedback`: the starting model (the run's ``reward_model``, or one trained on ``pretrain_steps``
    random-policy transitions labeled by the teacher), saved as version 0.
 2. :class:`FeedbackLoop` (a callback) records every training transition through a :class:`RecordingReward` (the
    raw observations the reward model sees, terminal ``next_obs`` included) into a ring of the steps since the last
    round. At the first rollout end on or after each ``feedback_every`` grid point it runs a round: choose
-   transitions (uniformly), ask the teacher about those only, append the answers, retrain, save the next version,
+   transitions (or segment pairs) uniformly, ask the teacher about those only (a preference teacher judges by the
+   task's labeler on the asked segments' transitions alone), append the answers, retrain, save the next version,
    swap it in (between rollouts: a PPO rollout is never paid by two models), relabel an off-policy replay buffer.
 3. At the budget it stops asking; the agent trains on the last model.
 
 Files, in the run folder's ``feedback/``::
 
-    labels/            TransitionDataset of every answered transition (labels = the teacher's answers)
-    queries.jsonl      one line per query ({"kind": "query", ...}) and per answer ({"kind": "answer", "id": ...})
+    labels/            labels: TransitionDataset of every answered transition (labels = the teacher's answers)
+    transitions/ preferences/   preferences: the asked segments' transitions (labels: the labeler's rewards the
+                       teacher judged by; not trained on) and the answered pairs pointing into them
+    queries.jsonl      one line per query ({"kind": "query", ...}) and per answer ({"kind": "answer", "id": ...};
+                       a preference answer "skip" is a query the teacher declined)
     models/reward_model_v<k>.safetensors   the model after round k (v0: the starting model)
     feedback.json      budget, queries asked, current version and model, one row per round (written last)
 """
@@ -41,7 +45,9 @@ from rlrm import model as rm
 from rlrm import spaces as sp
 from rlrm.data import labels
 from rlrm.data.dataset import TransitionDataset
+from rlrm.data.preferences import LABELS, PreferenceDataset, SegmentPairs
 from rlrm.data.rollout import collect
+from rlrm.data.teachers import SKIPPED, Teacher, sample_pairs
 from rlrm.errors import ConfigError, LabelError
 from rlrm.model.network import RewardModel
 from rlrm.reward_fn import RewardFn, std_method
@@ -49,12 +55,25 @@ from rlrm.rl.folder import FeedbackSpec, RunFolder, RunSpec
 from rlrm.rl.hyperparams import OFF_POLICY
 from rlrm.rl.relabel import relabel_buffer
 from rlrm.tasks import Task
-from rlrm.train.heldout import task_metrics
+from rlrm.train.heldout import predict_dataset, task_metrics
 from rlrm.train.loop import TrainConfig, train_reward_model
 from rlrm.wrappers import VecLearnedReward
 
 #: metrics of the per-round rows (and W&B keys ``feedback/<set>_<metric>``)
 METRICS = ("r2", "mse", "spearman", "epic")
+PREFERENCE_METRICS = ("accuracy", "spearman", "epic")
+
+
+def check_feedback(fb: FeedbackSpec, task: Task) -> None:
+    """A clear error now, before any training, if the loop's teacher (and labeler) cannot be used for ``task``."""
+    if fb.kind == "labels":
+        check_teacher(fb.teacher or task.labeler)
+        return
+    Teacher.parse(fb.teacher or "oracle")
+    if task.labeler.startswith("file:"):
+        raise LabelError(f"task {task.name!r}: a preference teacher judges segments by the task's labeler, and "
+                         f"{task.labeler!r} labels only the transitions its file names; expected env, rlrm: or python:")
+    check_teacher(task.labeler)
 
 
 def check_teacher(spec: str) -> None:
@@ -79,6 +98,8 @@ class FeedbackFiles:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.labels = root / "labels"
+        self.transitions = root / "transitions"
+        self.preferences = root / "preferences"
         self.queries = root / "queries.jsonl"
         self.state = root / "feedback.json"
         self.models = root / "models"
@@ -96,6 +117,8 @@ class FeedbackState:
     files: FeedbackFiles
     model: RewardModel
     data: TransitionDataset | None = None
+    labeler: str | None = None  # preferences: what the teacher judges segments by
+    pairs: dict[str, np.ndarray] | None = None  # preferences: answered pairs by (episode, first step)
     version: int = 0
     asked: int = 0
     rounds: list[dict[str, Any]] = field(default_factory=list)
@@ -126,22 +149,23 @@ def start_feedback(spec: RunSpec, folder: RunFolder, progress: bool = False) -> 
     if spec.agent.algo in OFF_POLICY and spec.shaping.alpha < 1.0:
         raise ConfigError(f"{spec.name}: online feedback relabels the replay buffer, which does not keep the true "
                           f"reward that reward_alpha {spec.shaping.alpha} mixes in; expected reward_alpha 1")
-    teacher = fb.teacher or spec.task.labeler
+    teacher = fb.teacher or (spec.task.labeler if fb.kind == "labels" else "oracle")
     files = FeedbackFiles(folder.feedback_dir)
     files.models.mkdir(parents=True, exist_ok=True)
     model = rm.load(spec.reward_model) if spec.reward_model else None
     if model is not None and not isinstance(model, RewardModel):
         raise ConfigError(f"{spec.reward_model}: an ensemble reward model cannot be retrained online yet; give a "
                           "single model")
-    state = FeedbackState(fb, teacher, files, model if model is not None else RewardModel())
+    state = FeedbackState(fb, teacher, files, model if model is not None else RewardModel(),
+                          labeler=spec.task.labeler if fb.kind == "preferences" else None)
     n = fb.pretrain_for(model is not None)
     row: dict[str, Any] = {"round": 0, "timesteps": 0, "new": 0, "queries": 0}
     if n:
         raw = collect(spec.task, n, n_envs=min(8, n), seed=spec.seed + 1000, labeler="env", progress=progress)
-        answered = _ask(state, raw.with_labels(np.zeros(len(raw), np.float32), "unlabeled"), round_=0, timesteps=0)
-        state.data = answered
-        answered.save(files.labels)
-        row.update(new=len(answered), **_retrain(state, answered, spec))
+        raw = raw.with_labels(np.zeros(len(raw), np.float32), "unlabeled")
+        want = len(raw) if fb.kind == "labels" else max(1, fb.budget // 4)
+        newest = gather(state, raw, want, np.random.default_rng(spec.seed + 1000), round_=0, timesteps=0)
+        row.update(new=newest.answered, **_retrain(state, newest, spec))
     elif model is None:
         raise ConfigError(f"pretrain_steps: 0 without a reward model for {spec.task.name!r}; give --reward-model or "
                           "label some random-policy transitions first")
@@ -174,14 +198,107 @@ def _append_lines(path: Path, rows: list[dict[str, Any]]) -> None:
         os.fsync(f.fileno())
 
 
-def _retrain(state: FeedbackState, newest: TransitionDataset, spec: RunSpec) -> dict[str, Any]:
+@dataclass
+class Newest:
+    """What one round added: the transitions asked about (labeled by the teacher, or for preferences by the labeler
+    the teacher judged with) and, for preferences, the answered pairs (by (episode, first step))."""
+
+    transitions: TransitionDataset
+    answered: int
+    pairs: dict[str, np.ndarray] | None = None
+
+
+def gather(state: FeedbackState, candidates: TransitionDataset, n: int, rng: np.random.Generator, *, round_: int,
+           timesteps: int) -> Newest:
+    """Ask the teacher about ``n`` of ``candidates`` (transitions, or segment pairs for preferences), append what it
+    answered to the loop's data and save it (datasets first; ``feedback.json`` is written by the caller)."""
+    if state.spec.kind == "labels":
+        pick = np.sort(rng.choice(len(candidates), n, replace=False)) if n < len(candidates) else slice(None)
+        answered = _ask(state, candidates.subset(pick), round_=round_, timesteps=timesteps)
+        state.data = answered if state.data is None else _concat(state.data, answered)
+        state.data.save(state.files.labels)
+        return Newest(answered, len(answered))
+    seen, pairs = _ask_pairs(state, candidates, n, rng, round_=round_, timesteps=timesteps)
+    state.data = seen if state.data is None else _concat(state.data, seen)
+    state.pairs = pairs if state.pairs is None else {k: np.concatenate([state.pairs[k], v]) for k, v in pairs.items()}
+    state.data.save(state.files.transitions)
+    _preferences(state, state.pairs).save(state.files.preferences, state.files.transitions)
+    return Newest(seen, len(pairs["label"]), pairs)
+
+
+def _ask_pairs(state: FeedbackState, cand: TransitionDataset, n: int, rng: np.random.Generator, *, round_: int,
+               timesteps: int) -> tuple[TransitionDataset, dict[str, np.ndarray]]:
+    """Log ``n`` random segment pairs of ``cand``, have the teacher judge them by the labeler's rewards of those
+    segments' transitions only, log its answers; return the segments' transitions and the answered pairs."""
+    assert state.labeler is not None
+    length = state.spec.segment_length
+    pairs = sample_pairs(cand, n, length, rng)
+    left, right = PreferenceDataset.from_pairs(cand, pairs, np.zeros(n, np.int8), "query").segment_rows()
+    rows = np.unique(np.concatenate([left.ravel(), right.ravel()]))
+    seen = labels.apply(cand.subset(rows), state.labeler)
+    rewards_ = np.zeros(len(cand))
+    rewards_[rows] = seen.label
+    ep, st, first = cand.episode, cand.step, state.asked
+
+    def side(row: int) -> dict[str, int]:
+        return {"episode": int(ep[row]), "step": int(st[row])}
+
+    _append_lines(state.files.queries, [
+        {"kind": "query", "id": first + i, "round": round_, "timesteps": timesteps, "left": side(a), "right": side(b),
+         "length": length} for i, (a, b) in enumerate(zip(left[:, 0], right[:, 0]))])
+    answers = Teacher.parse(state.teacher).answer(rewards_[left], rewards_[right], rng)
+    _append_lines(state.files.queries, [{"kind": "answer", "id": first + i, "label": LABELS[a] if a != SKIPPED
+                                         else "skip"} for i, a in enumerate(answers.tolist())])
+    state.asked += n
+    keep = answers != SKIPPED
+    a, b = left[keep, 0], right[keep, 0]
+    return seen, {"left_episode": ep[a], "left_step": st[a].astype(np.int64), "right_episode": ep[b],
+                  "right_step": st[b].astype(np.int64), "label": answers[keep].astype(np.int8)}
+
+
+def _preferences(state: FeedbackState, pairs: dict[str, np.ndarray]) -> PreferenceDataset:
+    """``pairs`` (by episode and first step) as a preference set pointing into the loop's transitions."""
+    ds = state.data
+    assert ds is not None
+    key = ds.episode * 2**32 + ds.step  # rows are sorted by (episode, step)
+    episodes, first = np.unique(ds.episode, return_index=True)
+
+    def start(episode: np.ndarray, step: np.ndarray) -> np.ndarray:
+        return np.searchsorted(key, episode * 2**32 + step) - first[np.searchsorted(episodes, episode)]
+
+    segments = SegmentPairs.from_arrays(pairs["left_episode"], start(pairs["left_episode"], pairs["left_step"]),
+                                        pairs["right_episode"], start(pairs["right_episode"], pairs["right_step"]),
+                                        state.spec.segment_length)
+    return PreferenceDataset.from_pairs(ds, segments, pairs["label"], Teacher.parse(state.teacher).source,
+                                        dataset_dir=state.files.transitions)
+
+
+def metrics(state: FeedbackState, newest: Newest) -> dict[str, float]:
+    """The current model on the newest feedback: fit to the labels (labels), or agreement with the answered pairs
+    (preferences, ``equal`` ones left out); EPIC against the labeler where rlrm knows it."""
+    found = task_metrics(state.model, newest.transitions)
+    if newest.pairs is None:
+        return {k: found[k] for k in METRICS}
+    prefs = _preferences(state, newest.pairs)
+    left, right = prefs.segment_returns(predict_dataset(state.model, state.data))
+    decided = prefs.label != 2
+    agree = np.where(prefs.label == 0, left > right, right > left)[decided]
+    return {"accuracy": float(agree.mean()) if len(agree) else float("nan"), "spearman": found["spearman"],
+            "epic": found["epic"]}
+
+
+def _retrain(state: FeedbackState, newest: Newest, spec: RunSpec) -> dict[str, Any]:
     """Retrain on every answer so far (warm start); the metrics of the new model on the newest answers."""
     assert state.data is not None
     cfg = TrainConfig(epochs=state.spec.feedback_epochs, seed=spec.seed + len(state.rounds))
     start = time.perf_counter()
-    state.model = train_reward_model([state.data], cfg, model=state.model, progress=False).model
-    fit = task_metrics(state.model, newest)
-    return {"train_seconds": round(time.perf_counter() - start, 3), "fit": {k: fit[k] for k in METRICS}}
+    if state.pairs is None:
+        result = train_reward_model([state.data], cfg, model=state.model, progress=False)
+    else:
+        result = train_reward_model([], cfg, model=state.model, progress=False,
+                                    preferences=[(_preferences(state, state.pairs), state.data)])
+    state.model = result.model
+    return {"train_seconds": round(time.perf_counter() - start, 3), "fit": metrics(state, newest)}
 
 
 class RecordingReward:
@@ -262,6 +379,15 @@ def _concat(a: TransitionDataset, b: TransitionDataset) -> TransitionDataset:
         label_source=b.label_source, info=a.info, **cat)
 
 
+def _has_segment(ds: TransitionDataset, length: int) -> bool:
+    """Whether some episode of ``ds`` has ``length`` consecutive steps (a segment fits)."""
+    if len(ds) < length:
+        return False
+    last = np.arange(length - 1, len(ds))
+    return bool(np.any((ds.episode[last] == ds.episode[last - length + 1])
+                       & (ds.step[last].astype(np.int64) - ds.step[last - length + 1] == length - 1)))
+
+
 def learned_reward_wrapper(venv: VecEnv) -> VecLearnedReward:
     """The :class:`VecLearnedReward` in a VecEnv stack."""
     while not isinstance(venv, VecLearnedReward):
@@ -329,18 +455,19 @@ class FeedbackLoop(BaseCallback):
         candidates = ring.dataset()
         ring.steps.clear()
         left = state.spec.budget - state.asked
-        want = min(math.ceil(left / self._rounds_left(now)), left, len(candidates) if candidates else 0)
+        want = min(math.ceil(left / self._rounds_left(now)), left)
+        if state.spec.kind == "labels":
+            want = min(want, len(candidates) if candidates else 0)
+        elif candidates is not None and not _has_segment(candidates, state.spec.segment_length):
+            candidates = None
         if candidates is None or want <= 0:
             return
-        pick = np.sort(self.rng.choice(len(candidates), want, replace=False))
-        answered = _ask(state, candidates.subset(pick), round_=len(state.rounds), timesteps=now)
-        if len(answered) == 0:
+        newest = gather(state, candidates, want, self.rng, round_=len(state.rounds), timesteps=now)
+        if newest.answered == 0:
             return
-        heldout = task_metrics(state.model, answered)  # the current model has never seen these
-        state.data = answered if state.data is None else _concat(state.data, answered)
-        state.data.save(state.files.labels)
-        row = {"round": len(state.rounds), "timesteps": now, "new": len(answered), "queries": state.asked,
-               "heldout": {k: heldout[k] for k in METRICS}, **_retrain(state, answered, self.spec)}
+        heldout = metrics(state, newest)  # the current model has never seen these
+        row = {"round": len(state.rounds), "timesteps": now, "new": newest.answered, "queries": state.asked,
+               "heldout": heldout, **_retrain(state, newest, self.spec)}
         self._swap(state.version + 1)
         row["version"] = state.version
         row["reward_version"] = learned_reward_wrapper(self.training_env).reward_version  # what pays the agent now
