@@ -84,6 +84,18 @@ def test_log_and_dataset_hold_exactly_the_answers(ppo_run: Path) -> None:
     assert (ds.episode >= 8).sum() == 150 and ds.info.get("policy") == "random"
 
 
+def test_start_from_a_reward_model(ppo_run: Path, tmp_path: Path) -> None:
+    start = ppo_run / "feedback" / "models" / "reward_model_v0.safetensors"
+    assert entry([*PPO, "-n", "2048", "--reward-model", str(start), "--feedback", "labels", "--budget", "40",
+                  "--feedback-every", "1024", "--feedback-epochs", "3", "--output-dir", str(tmp_path)]) == 0
+    run = _run_dir(tmp_path, "ppo")
+    rows = json.loads((run / "feedback" / "feedback.json").read_text())["history"]
+    # no pretraining: version 0 is the given model, the whole budget goes to the one round (at 1024 steps)
+    assert [(r["timesteps"], r["queries"], r["version"]) for r in rows] == [(0, 0, 0), (1024, 40, 1)]
+    assert (run / "feedback" / "models" / "reward_model_v0.safetensors").read_bytes() == start.read_bytes()
+    assert len(TransitionDataset.load(run / "feedback" / "labels")) == 40
+
+
 def test_sac_buffer_relabelled(tmp_path: Path) -> None:
     assert entry(["--task", "Pendulum-v1", "--algo", "sac", "-n", "300", "--params", "learning_starts:50",
                   "batch_size:32", "--eval-freq", "0", "--eval-episodes", "1", "--no-progress", "--feedback", "labels",
@@ -103,6 +115,7 @@ def test_sac_buffer_relabelled(tmp_path: Path) -> None:
     (["--feedback", "labels", "--budget", "10", "--teacher", "nonsense"], "teacher 'nonsense'"),
     (["--feedback", "labels", "--budget", "10", "--reward", "true"], "needs a learned reward"),
     (["--budget", "10"], "only with --feedback"),
+    (["--feedback", "preferences", "--budget", "10", "--teacher", "oracel"], "unknown teacher 'oracel'"),
     (["--feedback", "labels", "--budget", "10", "--algo", "sac", "--reward-alpha", "0.5"], "--reward-alpha 0.5"),
 ])
 def test_bad_input_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str],

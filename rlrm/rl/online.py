@@ -131,7 +131,8 @@ class FeedbackState:
     def summary(self) -> dict[str, Any]:
         """The numbers of the run's result row."""
         return {"kind": self.spec.kind, "teacher": self.teacher, "budget": self.spec.budget, "queries": self.asked,
-                "rounds": len(self.rounds) - 1, "version": self.version}
+                "rounds": len(self.rounds) - 1, "version": self.version,
+                "seconds": round(sum(r.get("seconds", 0.0) for r in self.rounds), 3)}
 
     def write(self) -> None:
         """``feedback.json`` (written after the dataset and the model it points to)."""
@@ -462,6 +463,7 @@ class FeedbackLoop(BaseCallback):
             candidates = None
         if candidates is None or want <= 0:
             return
+        start = time.perf_counter()
         newest = gather(state, candidates, want, self.rng, round_=len(state.rounds), timesteps=now)
         if newest.answered == 0:
             return
@@ -475,6 +477,7 @@ class FeedbackLoop(BaseCallback):
         latest = (self.evaluations() or [None])[-1]
         row["eval"] = ({k: latest.get(k) for k in ("timesteps", "true_mean", "learned_mean")}
                        if latest is not None else None)
+        row["seconds"] = round(time.perf_counter() - start, 3)  # asking, retraining, swapping, relabelling
         state.rounds.append(row)
         state.write()
         self._log(row)
@@ -500,6 +503,7 @@ class FeedbackLoop(BaseCallback):
     def _log(self, row: dict[str, Any]) -> None:
         self.logger.record("feedback/queries", row["queries"])
         self.logger.record("feedback/version", row["version"])
+        self.logger.record("feedback/round_seconds", row["seconds"])
         for part in ("heldout", "fit"):
             for k, v in row[part].items():
                 if v is not None and math.isfinite(v):
