@@ -80,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--budget", type=int, default=None, help="labels (or pairs) the teacher may be asked for, "
                    "pretraining included")
     f.add_argument("--feedback-every", type=int, default=1000, help="env steps between feedback rounds")
-    f.add_argument("--query", choices=("uniform",), default="uniform", help="how queried transitions are chosen")
+    f.add_argument("--query", choices=("uniform", "disagreement"), default="uniform",
+                   help="how queries are chosen: uniform, or where a 3-member ensemble trained on the answers so far "
+                   "disagrees most (retrained each round; the agent is paid by the one warm-started model)")
     f.add_argument("--pretrain-steps", type=int, default=None, help="random-policy transitions before training, "
                    "without --reward-model (labels: each one labeled, default a quarter of the budget; preferences: "
                    "default 1000, a quarter of the budget in pairs asked on them)")

@@ -96,6 +96,17 @@ def test_start_from_a_reward_model(ppo_run: Path, tmp_path: Path) -> None:
     assert len(TransitionDataset.load(run / "feedback" / "labels")) == 40
 
 
+def test_disagreement_queries(tmp_path: Path) -> None:
+    assert entry([*PPO, "-n", "2048", "--feedback", "labels", "--query", "disagreement", "--budget", "100",
+                  "--feedback-every", "1024", "--feedback-epochs", "3", "--output-dir", str(tmp_path)]) == 0
+    rows = json.loads((_run_dir(tmp_path, "ppo") / "feedback" / "feedback.json").read_text())["history"]
+    assert [(r["timesteps"], r["queries"]) for r in rows] == [(0, 25), (1024, 100)]
+    sel = rows[1]["selection"]
+    # the 75 asked of the 1024 candidates are those a 3-member ensemble disagrees on most
+    assert sel["method"] == "disagreement" and sel["candidates"] == 1024
+    assert sel["chosen_std"] > 1.5 * sel["candidate_std"]
+
+
 def test_sac_buffer_relabelled(tmp_path: Path) -> None:
     assert entry(["--task", "Pendulum-v1", "--algo", "sac", "-n", "300", "--params", "learning_starts:50",
                   "batch_size:32", "--eval-freq", "0", "--eval-episodes", "1", "--no-progress", "--feedback", "labels",

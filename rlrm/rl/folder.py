@@ -61,7 +61,8 @@ class FeedbackSpec:
         task's own; preferences: a teacher spec (:class:`rlrm.data.teachers.Teacher`), ``None``: ``oracle``.
     :param budget: the most labels (or pairs) the teacher is asked for, pretraining included.
     :param feedback_every: env steps between feedback rounds.
-    :param query: how the transitions to ask about are chosen (``uniform``).
+    :param query: how the transitions (or pairs) to ask about are chosen: ``uniform``, or ``disagreement`` (those a
+        small ensemble trained on the answers so far disagrees on most; the agent is still paid by the one model).
     :param pretrain_steps: random-policy transitions before training (``None``: without a starting reward model, a
         quarter of the budget (labels) or 1,000 (preferences: a quarter of the budget in pairs is asked on them);
         none with one). Labels: each is asked, so at most the budget.
@@ -81,8 +82,8 @@ class FeedbackSpec:
     def __post_init__(self) -> None:
         if self.kind not in ("labels", "preferences"):
             raise ConfigError(f"feedback {self.kind!r}: expected 'labels' or 'preferences'")
-        if self.query != "uniform":
-            raise ConfigError(f"query {self.query!r}: expected 'uniform' (disagreement is not supported online yet)")
+        if self.query not in ("uniform", "disagreement"):
+            raise ConfigError(f"query {self.query!r}: expected 'uniform' or 'disagreement'")
         for name in ("budget", "feedback_every", "feedback_epochs", "segment_length"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:

@@ -47,21 +47,26 @@ from rlrm.data import labels
 from rlrm.data.dataset import TransitionDataset
 from rlrm.data.preferences import LABELS, PreferenceDataset, SegmentPairs
 from rlrm.data.rollout import collect
+from rlrm.data.selection import select_pairs
 from rlrm.data.teachers import SKIPPED, Teacher, sample_pairs
 from rlrm.errors import ConfigError, LabelError
+from rlrm.model.ensemble import RewardEnsemble, predict_members
 from rlrm.model.network import RewardModel
 from rlrm.reward_fn import RewardFn, std_method
 from rlrm.rl.folder import FeedbackSpec, RunFolder, RunSpec
 from rlrm.rl.hyperparams import OFF_POLICY
 from rlrm.rl.relabel import relabel_buffer
 from rlrm.tasks import Task
+from rlrm.train.ensemble import train_ensemble
 from rlrm.train.heldout import predict_dataset, task_metrics
 from rlrm.train.loop import TrainConfig, train_reward_model
 from rlrm.wrappers import VecLearnedReward
 
 #: metrics of the per-round rows (and W&B keys ``feedback/<set>_<metric>``)
 METRICS = ("r2", "mse", "spearman", "epic")
-PREFERENCE_METRICS = ("accuracy", "spearman", "epic")
+#: ``--query disagreement``: the scoring ensemble's members, and candidate pairs scored per pair asked
+SCORER_MEMBERS = 3
+PAIR_CANDIDATES = 5
 
 
 def check_feedback(fb: FeedbackSpec, task: Task) -> None:
@@ -207,33 +212,72 @@ class Newest:
     transitions: TransitionDataset
     answered: int
     pairs: dict[str, np.ndarray] | None = None
+    selection: dict[str, Any] = field(default_factory=dict)
 
 
 def gather(state: FeedbackState, candidates: TransitionDataset, n: int, rng: np.random.Generator, *, round_: int,
            timesteps: int) -> Newest:
     """Ask the teacher about ``n`` of ``candidates`` (transitions, or segment pairs for preferences), append what it
     answered to the loop's data and save it (datasets first; ``feedback.json`` is written by the caller)."""
+    scorer = _scorer(state, rng) if state.spec.query == "disagreement" and state.data is not None else None
     if state.spec.kind == "labels":
-        pick = np.sort(rng.choice(len(candidates), n, replace=False)) if n < len(candidates) else slice(None)
+        pick, selection = _choose_transitions(state, candidates, n, rng, scorer)
         answered = _ask(state, candidates.subset(pick), round_=round_, timesteps=timesteps)
         state.data = answered if state.data is None else _concat(state.data, answered)
         state.data.save(state.files.labels)
-        return Newest(answered, len(answered))
-    seen, pairs = _ask_pairs(state, candidates, n, rng, round_=round_, timesteps=timesteps)
+        return Newest(answered, len(answered), selection=selection)
+    chosen, selection = _choose_pairs(state, candidates, n, rng, scorer)
+    seen, pairs = _ask_pairs(state, candidates, chosen, rng, round_=round_, timesteps=timesteps)
     state.data = seen if state.data is None else _concat(state.data, seen)
     state.pairs = pairs if state.pairs is None else {k: np.concatenate([state.pairs[k], v]) for k, v in pairs.items()}
     state.data.save(state.files.transitions)
     _preferences(state, state.pairs).save(state.files.preferences, state.files.transitions)
-    return Newest(seen, len(pairs["label"]), pairs)
+    return Newest(seen, len(pairs["label"]), pairs, selection)
 
 
-def _ask_pairs(state: FeedbackState, cand: TransitionDataset, n: int, rng: np.random.Generator, *, round_: int,
-               timesteps: int) -> tuple[TransitionDataset, dict[str, np.ndarray]]:
-    """Log ``n`` random segment pairs of ``cand``, have the teacher judge them by the labeler's rewards of those
-    segments' transitions only, log its answers; return the segments' transitions and the answered pairs."""
-    assert state.labeler is not None
+def _scorer(state: FeedbackState, rng: np.random.Generator) -> RewardEnsemble:
+    """A small ensemble trained afresh on every answer so far: its disagreement chooses the next queries."""
+    assert state.data is not None
+    cfg = TrainConfig(epochs=state.spec.feedback_epochs, seed=int(rng.integers(2**31)))
+    prefs = [(_preferences(state, state.pairs), state.data)] if state.pairs is not None else []
+    result = train_ensemble([] if prefs else [state.data], SCORER_MEMBERS, cfg, progress=False, preferences=prefs)
+    assert isinstance(result.model, RewardEnsemble)
+    return result.model
+
+
+def _choose_transitions(state: FeedbackState, cand: TransitionDataset, n: int, rng: np.random.Generator,
+                        scorer: RewardEnsemble | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """``n`` candidate rows: uniformly, or the ``n`` the scorer's members disagree on most (std of their rewards)."""
+    if scorer is None:
+        return np.sort(rng.choice(len(cand), n, replace=False)), {"method": "uniform", "candidates": len(cand)}
+    std = predict_members(scorer, cand.task.name, cand.obs, cand.action, cand.next_obs, cand.terminated).std(0)
+    order = rng.permutation(len(cand))  # random tie-breaking
+    pick = np.sort(order[np.argsort(-std[order], kind="stable")][:n])
+    return pick, {"method": "disagreement", "candidates": len(cand), "candidate_std": float(std.mean()),
+                  "chosen_std": float(std[pick].mean())}
+
+
+def _choose_pairs(state: FeedbackState, cand: TransitionDataset, n: int, rng: np.random.Generator,
+                  scorer: RewardEnsemble | None) -> tuple[SegmentPairs, dict[str, Any]]:
+    """``n`` segment pairs of ``cand``: uniformly, or the ``n`` of ``PAIR_CANDIDATES * n`` random ones the scorer's
+    members disagree on most (:func:`rlrm.data.selection.select_pairs`)."""
     length = state.spec.segment_length
-    pairs = sample_pairs(cand, n, length, rng)
+    if scorer is None:
+        return sample_pairs(cand, n, length, rng), {"method": "uniform"}
+    pool = sample_pairs(cand, PAIR_CANDIDATES * n, length, rng)
+    per_row = predict_members(scorer, cand.task.name, cand.obs, cand.action, cand.next_obs, cand.terminated)
+    bound = PreferenceDataset.from_pairs(cand, pool, np.zeros(len(pool), np.int8), "candidates")
+    returns = np.stack([np.stack(bound.segment_returns(r), axis=1) for r in per_row])
+    pick = select_pairs(n, "disagreement", returns, rng)
+    return pool.subset(np.sort(pick)), {"method": "disagreement", "candidates": len(pool)}
+
+
+def _ask_pairs(state: FeedbackState, cand: TransitionDataset, pairs: SegmentPairs, rng: np.random.Generator, *,
+               round_: int, timesteps: int) -> tuple[TransitionDataset, dict[str, np.ndarray]]:
+    """Log the segment pairs of ``cand``, have the teacher judge them by the labeler's rewards of those segments'
+    transitions only, log its answers; return the segments' transitions and the answered pairs."""
+    assert state.labeler is not None
+    length, n = state.spec.segment_length, len(pairs)
     left, right = PreferenceDataset.from_pairs(cand, pairs, np.zeros(n, np.int8), "query").segment_rows()
     rows = np.unique(np.concatenate([left.ravel(), right.ravel()]))
     seen = labels.apply(cand.subset(rows), state.labeler)
@@ -469,7 +513,7 @@ class FeedbackLoop(BaseCallback):
             return
         heldout = metrics(state, newest)  # the current model has never seen these
         row = {"round": len(state.rounds), "timesteps": now, "new": newest.answered, "queries": state.asked,
-               "heldout": heldout, **_retrain(state, newest, self.spec)}
+               "selection": newest.selection, "heldout": heldout, **_retrain(state, newest, self.spec)}
         self._swap(state.version + 1)
         row["version"] = state.version
         row["reward_version"] = learned_reward_wrapper(self.training_env).reward_version  # what pays the agent now
