@@ -170,7 +170,7 @@ def start_feedback(spec: RunSpec, folder: RunFolder, progress: bool = False) -> 
         raw = collect(spec.task, n, n_envs=min(8, n), seed=spec.seed + 1000, labeler="env", progress=progress)
         raw = raw.with_labels(np.zeros(len(raw), np.float32), "unlabeled")
         want = len(raw) if fb.kind == "labels" else max(1, fb.budget // 4)
-        newest = gather(state, raw, want, np.random.default_rng(spec.seed + 1000), round_=0, timesteps=0)
+        newest = _gather(state, raw, want, np.random.default_rng(spec.seed + 1000), round_=0, timesteps=0)
         row.update(new=newest.answered, **_retrain(state, newest, spec))
     elif model is None:
         raise ConfigError(f"pretrain_steps: 0 without a reward model for {spec.task.name!r}; give --reward-model or "
@@ -183,7 +183,7 @@ def start_feedback(spec: RunSpec, folder: RunFolder, progress: bool = False) -> 
 
 def _ask(state: FeedbackState, query: TransitionDataset, *, round_: int, timesteps: int) -> TransitionDataset:
     """Log the queries, ask the teacher about exactly these transitions, log its answers; return the answered rows
-    (a ``file:`` teacher may answer only some)."""
+    (a ``file:`` teacher may answer only some; every query counts against the budget)."""
     first = state.asked
     lines = [{"kind": "query", "id": first + i, "round": round_, "timesteps": timesteps, "episode": int(e),
               "step": int(s)} for i, (e, s) in enumerate(zip(query.episode, query.step))]
@@ -193,7 +193,7 @@ def _ask(state: FeedbackState, query: TransitionDataset, *, round_: int, timeste
     _append_lines(state.files.queries, [
         {"kind": "answer", "id": ids[int(e), int(s)], "label": float(x)}
         for e, s, x in zip(answered.episode, answered.step, answered.label)])
-    state.asked += len(answered)
+    state.asked += len(query)
     return answered
 
 
@@ -215,7 +215,7 @@ class Newest:
     selection: dict[str, Any] = field(default_factory=dict)
 
 
-def gather(state: FeedbackState, candidates: TransitionDataset, n: int, rng: np.random.Generator, *, round_: int,
+def _gather(state: FeedbackState, candidates: TransitionDataset, n: int, rng: np.random.Generator, *, round_: int,
            timesteps: int) -> Newest:
     """Ask the teacher about ``n`` of ``candidates`` (transitions, or segment pairs for preferences), append what it
     answered to the loop's data and save it (datasets first; ``feedback.json`` is written by the caller)."""
@@ -318,7 +318,7 @@ def _preferences(state: FeedbackState, pairs: dict[str, np.ndarray]) -> Preferen
                                         dataset_dir=state.files.transitions)
 
 
-def metrics(state: FeedbackState, newest: Newest) -> dict[str, float]:
+def _newest_metrics(state: FeedbackState, newest: Newest) -> dict[str, float]:
     """The current model on the newest feedback: fit to the labels (labels), or agreement with the answered pairs
     (preferences, ``equal`` ones left out); EPIC against the labeler where rlrm knows it."""
     found = task_metrics(state.model, newest.transitions)
@@ -343,7 +343,7 @@ def _retrain(state: FeedbackState, newest: Newest, spec: RunSpec) -> dict[str, A
         result = train_reward_model([], cfg, model=state.model, progress=False,
                                     preferences=[(_preferences(state, state.pairs), state.data)])
     state.model = result.model
-    return {"train_seconds": round(time.perf_counter() - start, 3), "fit": metrics(state, newest)}
+    return {"train_seconds": round(time.perf_counter() - start, 3), "fit": _newest_metrics(state, newest)}
 
 
 class RecordingReward:
@@ -508,10 +508,10 @@ class FeedbackLoop(BaseCallback):
         if candidates is None or want <= 0:
             return
         start = time.perf_counter()
-        newest = gather(state, candidates, want, self.rng, round_=len(state.rounds), timesteps=now)
+        newest = _gather(state, candidates, want, self.rng, round_=len(state.rounds), timesteps=now)
         if newest.answered == 0:
             return
-        heldout = metrics(state, newest)  # the current model has never seen these
+        heldout = _newest_metrics(state, newest)  # the current model has never seen these
         row = {"round": len(state.rounds), "timesteps": now, "new": newest.answered, "queries": state.asked,
                "selection": newest.selection, "heldout": heldout, **_retrain(state, newest, self.spec)}
         self._swap(state.version + 1)
