@@ -215,7 +215,8 @@ def _main(args: argparse.Namespace, stop: StopRequest) -> int:
                                      stop=lambda: stop.requested))
             experiment.record_results(args.output_dir, results[-1:])
         except RunInterrupted as err:
-            how = "continue with --resume" if err.resumable else "start it again without --resume"
+            how = ("continue with --resume" if err.resumable and feedback is None
+                   else "start it again without --resume")  # runs with --feedback do not resume yet
             print(f"{err}; {how}", file=sys.stderr)
             return 130
         finally:

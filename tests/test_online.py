@@ -15,8 +15,9 @@ from rlrm.data.dataset import TransitionDataset
 from rlrm.rewards import known_env_reward
 from rlrm.train_agent import entry
 
+# VecNormalize on: the loop must record the raw observations the reward model sees, not the normalized ones
 PPO = ["--task", "Pendulum-v1", "--algo", "ppo", "-n", "4096", "--params", "n_steps:256", "n_envs:4", "n_epochs:2",
-       "--eval-freq", "2048", "--eval-episodes", "2", "--no-progress"]
+       "normalize:true", "--eval-freq", "2048", "--eval-episodes", "2", "--no-progress"]
 
 
 def _run_dir(out: Path, algo: str) -> Path:
@@ -77,7 +78,8 @@ def test_log_and_dataset_hold_exactly_the_answers(ppo_run: Path) -> None:
     assert len(on_disk) == len(ds) == 200
     assert on_disk.keys() == asked.keys()
     assert np.allclose([on_disk[k] for k in asked], list(asked.values()), atol=1e-6)
-    # the env teacher's answers are Pendulum's reward of the transitions as recorded (raw obs, the action sent)
+    # the env teacher's answers are Pendulum's reward of the transitions as recorded: raw observations (from below
+    # VecNormalize) and the action sent
     truth = known_env_reward("Pendulum-v1")(ds.obs, ds.action, ds.next_obs, ds.terminated)
     assert np.allclose(ds.label, truth, atol=1e-4)
     # the agent's transitions (150) have episode ids after the 8 pretraining episodes (50 steps on 8 envs)
