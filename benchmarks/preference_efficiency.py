@@ -49,6 +49,7 @@ from rlrm.data.rollout import collect
 from rlrm.data.teachers import make_preferences
 from rlrm.metrics import epic_distance
 from rlrm.rewards import true_reward_fn
+from rlrm.rl.evaluation import random_returns
 from rlrm.rl.folder import RunSpec
 from rlrm.rl.hyperparams import load_spec
 from rlrm.rl.runs import train_run
@@ -217,18 +218,7 @@ def summary(rows: list[dict[str, Any]], thresholds: tuple[float, ...] = (0.2, 0.
 
 # --------------------------------------------------------------------------- agents
 def random_return(task: Task, episodes: int, seed: int) -> float:
-    env = task.make_env()
-    env.action_space.seed(seed)
-    returns = []
-    for ep in range(episodes):
-        env.reset(seed=seed + ep)
-        total, done = 0.0, False
-        while not done:
-            _, r, term, trunc, _ = env.step(env.action_space.sample())
-            total, done = total + float(r), term or trunc
-        returns.append(total)
-    env.close()
-    return float(np.mean(returns))
+    return float(random_returns(task, episodes, seed).mean())
 
 
 def agents(s: Settings, models: dict[str, Path], work: Path) -> dict[str, Any]:
