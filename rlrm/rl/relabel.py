@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
+from threadpoolctl import threadpool_limits
 
 from rlrm import spaces as sp
 from rlrm.errors import ConfigError, RewardError
@@ -39,6 +40,8 @@ from rlrm.wrappers import RewardShaping
 
 #: the attribute :func:`relabel_buffer` sets on a buffer: the version of the reward its rewards come from
 VERSION_ATTR = "reward_version"
+#: BLAS threads while relabelling (see relabel_buffer)
+BLAS_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -117,16 +120,19 @@ def relabel_buffer(buffer: ReplayBuffer, reward_fn: RewardFn, shaping: RewardSha
     dones, timeouts = buffer.dones.reshape(-1), buffer.timeouts.reshape(-1)
     unscale = _unscaler(buffer.action_space) if scaled_actions else None
     new = np.empty(rows, np.float32)
-    for a in range(0, rows, batch_size):
-        b = min(a + batch_size, rows)
-        args = (_rows(obs, a, b), actions[a:b] if unscale is None else unscale(actions[a:b]), _rows(next_obs, a, b),
-                (dones[a:b] > 0.5) & ~(timeouts[a:b] > 0.5))
-        if with_std is not None and shaping.uncertainty:
-            learned, std = with_std(*args)
-        else:
-            learned, std = reward_fn(*args), None
-        # alpha == 1 never reads ``true``: the learned rewards stand in for it
-        new[a:b] = shaping(learned, learned if true is None else true[a:b], std, steps)
+    # One BLAS thread: on a small CPU busy with envs and the agent, a second one made 1M rows 2.4 s instead of
+    # 1.0-1.4 s (benchmarks/RESULTS.md, "Relabelling a replay buffer"), as one torch thread does for the CLIs.
+    with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
+        for a in range(0, rows, batch_size):
+            b = min(a + batch_size, rows)
+            args = (_rows(obs, a, b), actions[a:b] if unscale is None else unscale(actions[a:b]),
+                    _rows(next_obs, a, b), (dones[a:b] > 0.5) & ~(timeouts[a:b] > 0.5))
+            if with_std is not None and shaping.uncertainty:
+                learned, std = with_std(*args)
+            else:
+                learned, std = reward_fn(*args), None
+            # alpha == 1 never reads ``true``: the learned rewards stand in for it
+            new[a:b] = shaping(learned, learned if true is None else true[a:b], std, steps)
     if not math.isfinite(float(new.sum(dtype=np.float64))):
         bad = new[~np.isfinite(new)]
         raise RewardError(f"relabel_buffer: the new reward is not finite ({bad[0] if len(bad) else 'overflow'}); "
