@@ -166,3 +166,22 @@ def test_preferences_online(tmp_path: Path) -> None:
     assert np.allclose(ds.label, truth, atol=1e-4)
     lret, rret = prefs.segment_returns(ds.label)
     assert np.all(np.where(prefs.label == 0, lret > rret, rret > lret))  # oracle: the larger return wins
+
+
+def test_evaluate_reports_the_learned_return_of_the_newest_model(ppo_run: Path) -> None:
+    """A feedback run's agent was last paid by the loop's newest model: evaluate uses it, not the starting one."""
+    from rlrm.rl.folder import RunFolder
+    from rlrm.rl.saved import load_agent_for_eval
+
+    fb = json.loads((ppo_run / "feedback" / "feedback.json").read_text())
+    newest = ppo_run / "feedback" / fb["model"]
+    assert fb["version"] > 0 and newest.is_file()
+    folder = RunFolder.of_agent(ppo_run / "agent.zip")
+    loaded = load_agent_for_eval(ppo_run / "agent.zip", folder, n_episodes=1)
+    try:
+        fn = loaded.venv.venv.reward_fn if hasattr(loaded.venv, "venv") else loaded.venv.reward_fn
+    finally:
+        loaded.venv.close()
+    ds = TransitionDataset.load(ppo_run / "feedback" / "labels")
+    expected = rm.load(newest).predict("Pendulum-v1", ds.obs, ds.action, ds.next_obs, ds.terminated)
+    assert np.allclose(fn(ds.obs, ds.action, ds.next_obs, ds.terminated), expected, atol=1e-5)

@@ -3,6 +3,7 @@ shaping, evaluation seed) for evaluation, and behaviour policies from saved agen
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def load_agent_for_eval(agent_path: Path, folder: RunFolder | None, *, task: Tas
     """Load an agent file with what its run used: normalization statistics, reward shaping, evaluation seed.
 
     :param folder: the agent's run folder (``None``: a bare agent file; then ``task`` is required).
-    :param reward_model: report the learned return of this model (default: the run's model, if any).
+    :param reward_model: report the learned return of this model (default: the run's model, if any; for a run
+        with an online feedback loop, the newest model of that loop).
     :param trust_agent_file: unpickle the agent file as SB3 does (see :func:`rlrm.rl.files.load_agent`).
     """
     spec = _run_spec(folder)
@@ -53,7 +55,7 @@ def load_agent_for_eval(agent_path: Path, folder: RunFolder | None, *, task: Tas
     if reward_model is not None:
         learned: RewardFn | None = reward_model.reward_fn(task.name)
     else:
-        learned = learned_reward(spec) if spec is not None and same_task else None
+        learned = _run_reward(spec, folder) if spec is not None and folder is not None and same_task else None
     normalize = normalize_options(spec.agent) if spec is not None else None
     shaping = spec.shaping if spec is not None and same_task and spec.reward == "learned" else None
     venv = make_vec_env(task, min(episodes, 5), seed, learned, normalize, training=False,
@@ -150,3 +152,19 @@ def _normalizer(folder: RunFolder, run: RunSpec, agent_path: Path, task: Task) -
         raise ConfigError(f"agent {agent_path}: no VecNormalize for the run's normalization {normalize}")
     load_vecnormalize(venv, stats)
     return venv
+
+
+def _run_reward(spec: RunSpec, folder: RunFolder) -> RewardFn | None:
+    """The reward a run's agent was last paid: the newest model of its feedback loop (``feedback.json``), else the
+    run's reward model."""
+    state = folder.feedback_dir / "feedback.json"
+    if spec.feedback is None or not state.is_file():
+        return learned_reward(spec)
+    try:
+        name = json.loads(state.read_text())["model"]
+        path = (folder.feedback_dir / name).resolve()
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{state}: expected the feedback loop's record with a 'model' path ({err})") from None
+    if folder.feedback_dir.resolve() not in path.parents:
+        raise ConfigError(f"{state}: field 'model': {name!r} is outside the run's feedback folder")
+    return rm.load(path).reward_fn(spec.task.name)
