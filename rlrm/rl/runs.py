@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,12 +59,13 @@ def _never() -> bool:
 
 def train_run(spec: RunSpec, output_dir: str | os.PathLike, *, resume: bool = False,
               wandb: WandbOptions | None = None, progress: bool = True, command: str | None = None,
-              stop: Callable[[], bool] = _never) -> dict[str, Any]:
+              stop: Callable[[], bool] = _never, callbacks: Sequence[BaseCallback] = ()) -> dict[str, Any]:
     """Train (or resume, or reuse) one run and evaluate it on the true reward.
 
     :param resume: continue the newest folder of the same run from its checkpoint; a finished one is
         reused as it is (its ``result.json`` returned).
     :param stop: polled at every env step; true asks the run to stop resumably (see the module docstring).
+    :param callbacks: extra SB3 callbacks for the agent's training (e.g. a grid worker's progress report).
     :return: the run's result row (also written to ``result.json``).
     :raise RunInterrupted: when stopped before its end.
     """
@@ -81,7 +82,7 @@ def train_run(spec: RunSpec, output_dir: str | os.PathLike, *, resume: bool = Fa
         if spec.feedback is not None:  # the loop's starting model (pretrained inside the run folder if needed)
             feedback = start_feedback(spec, folder, progress)
             learned = feedback.model.reward_fn(spec.task.name)
-        return _train(spec, folder, _Setup(learned, start, progress, stop, wandb, feedback))
+        return _train(spec, folder, _Setup(learned, start, progress, stop, wandb, feedback, list(callbacks)))
     finally:
         folder.unlock()
 
@@ -96,6 +97,7 @@ class _Setup:
     stop: Callable[[], bool]
     wandb: WandbOptions | None
     feedback: FeedbackState | None = None
+    extra: list[BaseCallback] = field(default_factory=list)
 
 
 @dataclass
@@ -199,7 +201,7 @@ def _start(spec: RunSpec, folder: RunFolder, setup: _Setup) -> _Session:
     checkpoint_freq = spec.checkpoint_freq or max(spec.agent.n_timesteps // 10, 1000)
     callbacks = [StopOnRequest(setup.stop), LearnedReturnLogger(),
                  *([every(spec.eval_freq, evaluator, steps)] if spec.eval_freq > 0 else []),
-                 AtUpdate(checkpoint_freq, lambda: folder.save_checkpoint(agent, train_env), steps)]
+                 AtUpdate(checkpoint_freq, lambda: folder.save_checkpoint(agent, train_env), steps), *setup.extra]
     loop = None
     if setup.feedback is not None and recorder is not None:
         def on_swap(fn: RewardFn) -> None:  # evaluations report the learned return of the current model
