@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, EveryNTimesteps
 from stable_baselines3.common.logger import KVWriter, filter_excluded_keys
 from stable_baselines3.common.vec_env import VecEnv
@@ -50,14 +51,20 @@ class TrueRewardEval(BaseCallback):
     :param n_episodes: episodes per evaluation.
     :param save: stores the history (a list of rows) after each evaluation.
     :param sync: copies normalization statistics from the training env into the evaluation env.
+    :param history: the evaluations of the run so far (a resumed run); the best true return is counted from them.
+    :param save_best: called as ``save_best(model, training_env, row)`` after an evaluation whose true mean is
+        higher than every earlier one (the first evaluation included; ties keep the earlier one), so the run keeps
+        the agent of its true peak (:func:`rlrm.rl.hacking.save_true_peak`).
     """
 
     def __init__(self, make_eval_env: Callable[[], VecEnv], n_episodes: int,
                  save: Callable[[list[dict[str, Any]]], None], sync: Callable[[VecEnv, VecEnv], None],
-                 history: list[dict[str, Any]] | None = None) -> None:
+                 history: list[dict[str, Any]] | None = None,
+                 save_best: Callable[[BaseAlgorithm, VecEnv, dict[str, Any]], None] | None = None) -> None:
         super().__init__()
         self.make_eval_env, self.n_episodes, self.save, self.sync = make_eval_env, n_episodes, save, sync
         self.history: list[dict[str, Any]] = list(history or [])
+        self.save_best = save_best
         self._env: VecEnv | None = None
 
     def _on_step(self) -> bool:
@@ -71,8 +78,11 @@ class TrueRewardEval(BaseCallback):
         self.sync(self.training_env, self._env)
         res = evaluate_agent(self.model, self._env, self.n_episodes).summary()
         row = {"timesteps": int(self.num_timesteps), "time": time.time(), **res}
+        best = self.best_true_mean()
         self.history.append(row)
         self.save(self.history)
+        if self.save_best is not None and np.isfinite(res["true_mean"]) and (best is None or res["true_mean"] > best):
+            self.save_best(self.model, self.training_env, row)
         self.logger.record("eval/true_return_mean", res["true_mean"])
         self.logger.record("eval/true_return_std", res["true_std"])
         if not np.isnan(res["learned_mean"]):
@@ -80,6 +90,12 @@ class TrueRewardEval(BaseCallback):
         self.logger.record("eval/ep_length_mean", res["length_mean"])
         self.logger.dump(self.num_timesteps)
         return row
+
+    def best_true_mean(self) -> float | None:
+        """The highest true mean of the evaluations so far (``None`` before the first; JSON nulls skipped)."""
+        means = [float(r["true_mean"]) for r in self.history if isinstance(r.get("true_mean"), (int, float))
+                 and np.isfinite(r["true_mean"])]
+        return max(means) if means else None
 
     def close(self) -> None:
         """Close the evaluation env (if one was made)."""
