@@ -123,13 +123,13 @@ def test_sac_buffer_relabelled(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("extra, expected", [
     (["--feedback", "labels"], "needs --budget"),
-    (["--feedback", "labels", "--budget", "0"], "--budget: expected a positive integer"),
+    (["--feedback", "labels", "--budget", "0"], "--budget: 0 means the teacher is never asked"),
+    (["--feedback", "labels", "--budget", "-3"], "--budget: expected a positive integer, got -3"),
     (["--feedback", "labels", "--budget", "10", "--teacher", "rlrm:no_such_reward"], "rlrm:no_such_reward"),
     (["--feedback", "labels", "--budget", "10", "--teacher", "nonsense"], "teacher 'nonsense'"),
     (["--feedback", "labels", "--budget", "10", "--reward", "true"], "needs a learned reward"),
     (["--budget", "10"], "only with --feedback"),
     (["--feedback", "preferences", "--budget", "10", "--teacher", "oracel"], "unknown teacher 'oracel'"),
-    (["--feedback", "labels", "--budget", "10", "--algo", "sac", "--reward-alpha", "0.5"], "--reward-alpha 0.5"),
 ])
 def test_bad_input_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str],
                             expected: str) -> None:

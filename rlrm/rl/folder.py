@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
-from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
 
 import rlrm
 from rlrm import atomic
@@ -43,8 +43,9 @@ from rlrm.reward_fn import RewardFn
 from rlrm.rl.envs import load_vecnormalize, save_vecnormalize
 from rlrm.rl.files import load_agent, save_agent
 from rlrm.rl.hyperparams import AgentSpec
+from rlrm.rl.relabel import keep_true_rewards
 from rlrm.tasks import Task
-from rlrm.wrappers import RewardShaping
+from rlrm.wrappers import RewardShaping, VecLearnedReward
 
 #: evaluation envs are seeded apart from the training envs (``seed + EVAL_SEED_OFFSET``)
 EVAL_SEED_OFFSET = 10_000
@@ -59,7 +60,8 @@ class FeedbackSpec:
         them by the task's labeler).
     :param teacher: labels: a labeler spec (``env``, ``rlrm:...``, ``python:...``, ``file:...``), ``None``: the
         task's own; preferences: a teacher spec (:class:`rlrm.data.teachers.Teacher`), ``None``: ``oracle``.
-    :param budget: the most labels (or pairs) the teacher is asked for, pretraining included.
+    :param budget: the most labels (or pairs) the teacher is asked for, pretraining included (0 is refused: a loop
+        that never asks is a run on a fixed reward model, without a feedback loop).
     :param feedback_every: env steps between feedback rounds.
     :param query: how the transitions (or pairs) to ask about are chosen: ``uniform``, or ``disagreement`` (those a
         small ensemble trained on the answers so far disagrees on most; the agent is still paid by the one model).
@@ -84,6 +86,9 @@ class FeedbackSpec:
             raise ConfigError(f"feedback {self.kind!r}: expected 'labels' or 'preferences'")
         if self.query not in ("uniform", "disagreement"):
             raise ConfigError(f"query {self.query!r}: expected 'uniform' or 'disagreement'")
+        if self.budget == 0 and not isinstance(self.budget, bool):
+            raise ConfigError("budget: 0 means the teacher is never asked; expected a positive number of labels (or "
+                              "pairs), or a run without the feedback loop on a fixed reward model")
         for name in ("budget", "feedback_every", "feedback_epochs", "segment_length"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -460,7 +465,8 @@ class RunFolder:
         return sorted(self.monitor_dir.glob("*.monitor.csv")) if self.monitor_dir.is_dir() else []
 
     def save_checkpoint(self, agent: BaseAlgorithm, venv: VecEnv) -> None:
-        """Agent, normalization statistics, replay buffer and step count, as one folder that replaces the previous
+        """Agent, normalization statistics, replay buffer, step count and the version of the learned reward that paid
+        the agent (a feedback loop's model version; ``None`` otherwise), as one folder that replaces the previous
         checkpoint whole: a save that fails or is cut off leaves the previous checkpoint as it was."""
         def write(ckpt: Path) -> None:
             with atomic.directory(ckpt) as tmp:
@@ -469,12 +475,20 @@ class RunFolder:
                     save_vecnormalize(venv, tmp / self.VECNORMALIZE)
                 if isinstance(agent, OffPolicyAlgorithm):
                     _save_replay_buffer(agent.replay_buffer, tmp / self.REPLAY_BUFFER)
-                atomic.write_json(tmp / self.STATE, {"num_timesteps": int(agent.num_timesteps), "time": time.time()})
+                atomic.write_json(tmp / self.STATE, {"num_timesteps": int(agent.num_timesteps), "time": time.time(),
+                                                     "reward_version": _reward_version(venv)})
 
         self._write(self.checkpoint_dir, write)
 
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The checkpoint's ``state.json``: ``num_timesteps``, ``reward_version`` (``{}`` without one)."""
+        path = self.checkpoint_dir / self.STATE
+        found = self._read_json(path) if path.exists() else {}
+        return found if isinstance(found, dict) else {}
+
     def load_checkpoint(self, venv: VecEnv, algo: str) -> BaseAlgorithm:
-        """The checkpointed agent bound to ``venv`` (statistics and replay buffer restored)."""
+        """The checkpointed agent bound to ``venv`` (statistics and replay buffer restored; a buffer saved with the
+        env's true rewards beside, :func:`~rlrm.rl.relabel.keep_true_rewards`, keeps them again)."""
         ckpt = self.checkpoint_dir
         if isinstance(venv, VecNormalize) and (ckpt / self.VECNORMALIZE).exists():
             load_vecnormalize(venv, ckpt / self.VECNORMALIZE)
@@ -486,6 +500,8 @@ class RunFolder:
             raise self._cannot_resume(f"{ckpt / self.AGENT}: not a readable agent file ({_reason(err)})") from None
         if isinstance(agent, OffPolicyAlgorithm) and (ckpt / self.REPLAY_BUFFER).exists():
             try:
+                if "true_rewards" in _buffer_fields(ckpt / self.REPLAY_BUFFER):
+                    keep_true_rewards(agent)
                 _load_replay_buffer(agent.replay_buffer, ckpt / self.REPLAY_BUFFER)
             except ConfigError as err:
                 raise self._cannot_resume(str(err)) from None
@@ -531,8 +547,9 @@ def _check_zip(path: Path) -> None:
         raise ConfigError(f"{path}: damaged (entry {bad!r} fails its checksum)")
 
 
-#: the arrays of an SB3 replay buffer (a dict of arrays for Dict observations)
-BUFFER_FIELDS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+#: the arrays of an SB3 replay buffer (a dict of arrays for Dict observations), and the env's rewards that a
+#: :class:`~rlrm.rl.relabel.TrueRewardReplayBuffer` keeps
+BUFFER_FIELDS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts", "true_rewards")
 
 
 def _buffer_leaves(buf: Any) -> dict[str, np.ndarray]:
@@ -550,6 +567,15 @@ def _buffer_leaves(buf: Any) -> dict[str, np.ndarray]:
 def _save_replay_buffer(buf: Any, path: Path) -> None:
     with atomic.temp_path(path) as tmp:
         np.savez(tmp, pos=np.array(buf.pos), full=np.array(buf.full), **_buffer_leaves(buf))
+
+
+def _buffer_fields(path: Path) -> list[str]:
+    """The arrays a saved replay buffer holds."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return list(data.files)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise ConfigError(f"{path}: not a readable replay buffer ({_reason(err)})") from None
 
 
 def _load_replay_buffer(buf: Any, path: Path) -> None:
@@ -570,6 +596,15 @@ def _load_replay_buffer(buf: Any, path: Path) -> None:
     if not 0 <= pos <= buf.buffer_size:
         raise ConfigError(f"{path}: field 'pos' is {pos}, expected 0 to {buf.buffer_size}")
     buf.pos, buf.full = pos, full
+
+
+def _reward_version(venv: VecEnv) -> int | None:
+    """The version of the learned reward paying ``venv`` (:attr:`VecLearnedReward.reward_version`), if any."""
+    while not isinstance(venv, VecLearnedReward):
+        if not isinstance(venv, VecEnvWrapper):
+            return None
+        venv = venv.venv
+    return venv.reward_version
 
 
 def learned_reward(spec: RunSpec) -> RewardFn | None:

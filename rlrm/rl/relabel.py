@@ -18,7 +18,8 @@ What the buffer holds, as SB3's off-policy ``_store_transition`` writes it, and 
 Shaping with ``alpha < 1`` mixes in the env's true reward, which SB3 buffers do not store: such a buffer is relabelled
 only when it carries a ``true_rewards`` array shaped like ``rewards``, as :class:`TrueRewardReplayBuffer` and
 :class:`TrueRewardDictReplayBuffer` keep (from ``info["true_reward"]``, which the reward wrappers set; pass one as
-SAC's ``replay_buffer_class``); otherwise :func:`relabel_buffer` refuses rather than guess it.
+SAC's ``replay_buffer_class``, or give a new agent one with :func:`keep_true_rewards`, as a feedback run with
+``reward_alpha < 1`` does); otherwise :func:`relabel_buffer` refuses rather than guess it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from threadpoolctl import threadpool_limits
 
 from rlrm import spaces as sp
@@ -84,6 +86,26 @@ class TrueRewardReplayBuffer(_KeepsTrueRewards, ReplayBuffer):
 
 class TrueRewardDictReplayBuffer(_KeepsTrueRewards, DictReplayBuffer):
     """:class:`TrueRewardReplayBuffer` for Dict observations."""
+
+
+def keep_true_rewards(agent: OffPolicyAlgorithm) -> None:
+    """Give an off-policy agent an empty replay buffer of the same size that also keeps the env's true rewards
+    (:class:`TrueRewardReplayBuffer`, or its Dict variant), before it stores a transition.
+
+    The agent's ``replay_buffer_class`` is left as it was: its saved file holds the class its settings name, and a
+    loaded agent gets the buffer again from this function (``RunFolder.load_checkpoint(true_rewards=True)``).
+    """
+    old = agent.replay_buffer
+    if isinstance(old, _KeepsTrueRewards):
+        return
+    if old is None or type(old) not in (ReplayBuffer, DictReplayBuffer) or old.pos or old.full:
+        found = "none" if old is None else f"{type(old).__name__} holding {old.pos} steps"
+        raise ConfigError(f"replay buffer: expected an empty SB3 ReplayBuffer or DictReplayBuffer to keep true "
+                          f"rewards beside, got {found}")
+    cls = TrueRewardDictReplayBuffer if isinstance(old, DictReplayBuffer) else TrueRewardReplayBuffer
+    agent.replay_buffer = cls(old.buffer_size, old.observation_space, old.action_space, device=old.device,
+                              n_envs=old.n_envs, optimize_memory_usage=old.optimize_memory_usage,
+                              handle_timeout_termination=old.handle_timeout_termination)
 
 
 def relabel_buffer(buffer: ReplayBuffer, reward_fn: RewardFn, shaping: RewardShaping | None = None,

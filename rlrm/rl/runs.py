@@ -40,7 +40,8 @@ from rlrm.rl.envs import make_vec_env, sync_normalization
 from rlrm.rl.evaluation import evaluate_agent
 from rlrm.rl.folder import RunFolder, RunSpec, learned_reward, normalize_options
 from rlrm.rl.hyperparams import ALGOS, build_kwargs
-from rlrm.rl.online import FeedbackLoop, FeedbackState, RecordingReward, start_feedback
+from rlrm.rl.online import FeedbackLoop, FeedbackState, RecordingReward, needs_true_rewards, open_feedback
+from rlrm.rl.relabel import keep_true_rewards
 from rlrm.tracking import NullTracker, Tracker, WandbOptions, WandbTracker, init_wandb
 
 
@@ -79,8 +80,8 @@ def train_run(spec: RunSpec, output_dir: str | os.PathLike, *, resume: bool = Fa
             return done
         start = folder.resume_point()
         feedback = None
-        if spec.feedback is not None:  # the loop's starting model (pretrained inside the run folder if needed)
-            feedback = start_feedback(spec, folder, progress)
+        if spec.feedback is not None:  # the loop's starting model, or where it stands (a resumed run)
+            feedback = open_feedback(spec, folder, folder.checkpoint_state() if start is not None else None, progress)
             learned = feedback.model.reward_fn(spec.task.name)
         return _train(spec, folder, _Setup(learned, start, progress, stop, wandb, feedback, list(callbacks)))
     finally:
@@ -187,6 +188,8 @@ def _start(spec: RunSpec, folder: RunFolder, setup: _Setup) -> _Session:
                             folder.monitor_dir, shaping=shaping)
         resumed = setup.start is not None
         agent = folder.load_checkpoint(venv, spec.agent.algo) if resumed else _new_agent(spec, venv)
+        if needs_true_rewards(spec):  # relabelling mixes the true reward back in (a checkpoint's buffer keeps it)
+            keep_true_rewards(agent)
         steps = agent.num_timesteps if resumed else 0
         # evaluations after the checkpoint belong to steps that are trained again (a run killed, not stopped)
         history = [r for r in folder.evaluations() if r.get("timesteps", 0) <= steps] if resumed else []
@@ -208,7 +211,8 @@ def _start(spec: RunSpec, folder: RunFolder, setup: _Setup) -> _Session:
             setup.learned = fn
             evaluator.close()
 
-        loop = FeedbackLoop(spec, setup.feedback, recorder, evaluations=lambda: evaluator.history, on_swap=on_swap)
+        loop = FeedbackLoop(spec, setup.feedback, recorder, evaluations=lambda: evaluator.history, on_swap=on_swap,
+                            checkpoint=lambda: folder.save_checkpoint(agent, train_env))
         # its rows are dumped before the learned return is recorded, the evaluation and checkpoint come after it
         callbacks.insert(1, loop)
     return _Session(train_env, agent, evaluator, make_eval_env, callbacks, feedback=loop)
