@@ -28,7 +28,7 @@ from rlrm import cli, experiment
 from rlrm import model as rm
 from rlrm.errors import ConfigError
 from rlrm.rl.folder import FeedbackSpec
-from rlrm.rl.hyperparams import OFF_POLICY, check_spec, default_algo, load_spec, parse_params
+from rlrm.rl.hyperparams import check_spec, default_algo, load_spec, parse_params
 from rlrm.rl.online import check_feedback
 from rlrm.rl.runs import RunInterrupted, train_run
 from rlrm.tasks import load_catalog
@@ -115,15 +115,10 @@ def _feedback(args: argparse.Namespace, tasks: Sequence[Any]) -> FeedbackSpec | 
         raise ConfigError(f"--feedback {args.feedback}: needs --budget N (the most labels the teacher is asked for)")
     if args.reward != "learned":
         raise ConfigError(f"--feedback {args.feedback}: needs a learned reward, not --reward {args.reward}")
-    if args.resume:
-        raise ConfigError(f"--feedback {args.feedback}: --resume is not supported for runs with online feedback yet")
     spec = FeedbackSpec(args.feedback, args.teacher, args.budget, args.feedback_every, args.query,
                         args.pretrain_steps, args.feedback_epochs, args.segment_length)
     for task in tasks:
         check_feedback(spec, task)
-        if (args.algo or default_algo(task)) in OFF_POLICY and args.reward_alpha < 1.0:
-            raise ConfigError(f"--reward-alpha {args.reward_alpha}: with --feedback the replay buffer is relabelled, "
-                              "and it does not keep the true reward to mix in; expected 1 for off-policy agents")
     return spec
 
 
@@ -215,8 +210,7 @@ def _main(args: argparse.Namespace, stop: StopRequest) -> int:
                                      stop=lambda: stop.requested))
             experiment.record_results(args.output_dir, results[-1:])
         except RunInterrupted as err:
-            how = ("continue with --resume" if err.resumable and feedback is None
-                   else "start it again without --resume")  # runs with --feedback do not resume yet
+            how = "continue with --resume" if err.resumable else "start it again without --resume"
             print(f"{err}; {how}", file=sys.stderr)
             return 130
         finally:
