@@ -20,7 +20,7 @@ from rlrm.data import labels
 from rlrm.data.rollout import collect
 from rlrm.rl import hacking
 from rlrm.rl.callbacks import TrueRewardEval, every
-from rlrm.rl.envs import make_vec_env, sync_normalization
+from rlrm.rl.envs import load_vecnormalize, make_vec_env, sync_normalization
 from rlrm.rl.files import load_agent
 from rlrm.rl.folder import RunFolder
 from rlrm.tasks import Task
@@ -150,6 +150,22 @@ def test_true_reward_eval_keeps_the_agent_of_the_true_peak(tmp_path: Path) -> No
     resumed.run_eval()
     resumed.close()
     assert calls == []
+
+
+def test_the_true_peak_keeps_the_normalization_statistics(tmp_path: Path) -> None:
+    task = Task("CartPole-v1", "CartPole-v1", max_episode_steps=20)
+    venv = make_vec_env(task, 1, seed=0, normalize={"gamma": 0.99})
+    venv.reset()
+    for _ in range(30):
+        venv.step(np.array([venv.action_space.sample()]))
+    agent = PPO("MlpPolicy", venv, n_steps=32, batch_size=32, seed=0, device="cpu")
+    folder = RunFolder(tmp_path)
+    hacking.save_true_peak(folder, agent, venv, {"timesteps": 0, "true_mean": 1.0})
+    kept = make_vec_env(task, 1, seed=1, normalize={"gamma": 0.99}, training=False)
+    load_vecnormalize(kept, tmp_path / hacking.BEST_TRUE / RunFolder.VECNORMALIZE)
+    np.testing.assert_allclose(kept.obs_rms.mean, venv.obs_rms.mean)
+    assert sorted(p.name for p in (tmp_path / hacking.BEST_TRUE).iterdir()) == [
+        RunFolder.AGENT, "evaluation.json", RunFolder.VECNORMALIZE]
 
 
 # --------------------------------------------------------------------------- a reward that is wrong in a known way
