@@ -185,3 +185,45 @@ def test_evaluate_reports_the_learned_return_of_the_newest_model(ppo_run: Path) 
     ds = TransitionDataset.load(ppo_run / "feedback" / "labels")
     expected = rm.load(newest).predict("Pendulum-v1", ds.obs, ds.action, ds.next_obs, ds.terminated)
     assert np.allclose(fn(ds.obs, ds.action, ds.next_obs, ds.terminated), expected, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- the label scale
+def constant_then_env(ds: TransitionDataset) -> np.ndarray:
+    """A teacher (``python:test_online:constant_then_env``) whose labels are constant on the random-policy episodes
+    (ids below 8) and the env reward on the agent's: the scale of the first labels says nothing of the later ones."""
+    return np.where(ds.episode < 8, -1.0, ds.env_reward).astype(np.float32)
+
+
+def test_refit_label_scale_keeps_the_rewards(pendulum_ds: TransitionDataset, cartpole_ds: TransitionDataset) -> None:
+    from rlrm.rl.feedback_rounds import refit_label_scale
+    from rlrm.train.loop import TrainConfig, train_reward_model
+
+    cfg = TrainConfig(epochs=1, min_epoch_steps=5, patience=0)
+    for ds in (pendulum_ds, cartpole_ds):  # CartPole's labels are constant: label_std 0
+        model = train_reward_model([ds], cfg, progress=False).model.eval()
+        task = ds.task.name
+        before = model.predict(task, ds.obs, ds.action, ds.next_obs, ds.terminated)
+        labels = 10.0 * np.random.default_rng(0).standard_normal(len(ds)) + 3.0
+        refit_label_scale(model, task, labels)
+        info = model.head_info(task)
+        assert info.label_mean == pytest.approx(labels.mean()) and info.label_std == pytest.approx(labels.std())
+        after = model.predict(task, ds.obs, ds.action, ds.next_obs, ds.terminated)
+        np.testing.assert_allclose(after, before, atol=1e-4)  # the swap alone does not change the agent's reward
+
+
+def test_labels_beyond_the_first_scale_are_learned(tmp_path: Path) -> None:
+    """Decided: the label scale is re-estimated from every label before each retraining (the head re-expressed).
+    With the scale fixed at the first training, constant random-policy labels would fix the reward for good."""
+    assert entry([*PPO, "-n", "1024", "--params", "n_steps:128", "--feedback", "labels", "--teacher",
+                  "python:test_online:constant_then_env", "--budget", "120", "--pretrain-steps", "40",
+                  "--feedback-every", "512", "--feedback-epochs", "5", "--output-dir", str(tmp_path)]) == 0
+    run = _run_dir(tmp_path, "ppo")
+    rows = json.loads((run / "feedback" / "feedback.json").read_text())["history"]
+    ds = TransitionDataset.load(run / "feedback" / "labels")
+    assert [r["timesteps"] for r in rows] == [0, 512] and len(ds) == 120
+    assert rows[0]["label_scale"] == {"mean": -1.0, "std": 0.0}  # constant labels first: a constant head
+    assert rows[1]["label_scale"]["std"] == pytest.approx(float(ds.label.std()), rel=1e-4)  # every label so far
+    model = rm.load(run / "feedback" / "models" / "reward_model_v1.safetensors")
+    agent = ds.episode >= 8
+    predicted = model.predict("Pendulum-v1", ds.obs, ds.action, ds.next_obs, ds.terminated)
+    assert np.corrcoef(predicted[agent], ds.label[agent])[0, 1] > 0.5  # it follows the agent's labels

@@ -108,9 +108,11 @@ def choose(state: FeedbackState, candidates: TransitionDataset, n: int, rng: np.
     return Query(round_, state.asked, timesteps, candidates.subset(rows), pairs, length, selection)
 
 
-def pose(state: FeedbackState, query: Query) -> None:
-    """Save the round's questions as pending, then log them: from here on they count against the budget."""
-    query.save(state.files)
+def pose(state: FeedbackState, query: Query, *, saved: bool = False) -> None:
+    """Save the round's questions as pending (unless ``saved``: read from there), then log them: from here on they
+    count against the budget."""
+    if not saved:
+        query.save(state.files)
     append_log(state.files.queries, query.log_lines())
     state.asked = query.first + query.n
     state.free_episode = max(state.free_episode, int(query.transitions.episode.max()) + 1)

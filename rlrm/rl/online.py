@@ -158,7 +158,7 @@ def open_feedback(spec: RunSpec, folder: RunFolder, checkpoint: dict[str, Any] |
         if pending.first != state.asked:
             raise ConfigError(f"{files.pending}: a round from query {pending.first} on, but feedback.json counts "
                               f"{state.asked} queries; the run cannot be resumed: delete the run folder {folder.path}")
-        pose(state, pending)
+        pose(state, pending, saved=True)
         rng = np.random.default_rng([spec.seed + ROUND_SEED, pending.first])
         try:
             complete(state, spec, pending, rng, lambda version: {})
@@ -202,13 +202,14 @@ def start_feedback(spec: RunSpec, folder: RunFolder, progress: bool = False) -> 
         return state
     rng = np.random.default_rng(spec.seed + PRETRAIN_SEED)
     query = Query.load(files)
-    if query is None or query.first != 0:
+    saved = query is not None and query.first == 0
+    if query is None or not saved:  # (a pretraining round cut off is read back)
         raw = collect(spec.task, n, n_envs=min(8, n), seed=spec.seed + PRETRAIN_SEED, labeler="env",
                       progress=progress)
         raw = raw.with_labels(np.zeros(len(raw), np.float32), "unlabeled")
         want = len(raw) if fb.kind == "labels" else max(1, fb.budget // 4)
         query = choose(state, raw, want, rng, round_=0, timesteps=0)
-    pose(state, query)
+    pose(state, query, saved=saved)
     try:
         complete(state, spec, query, rng, lambda version: {})
     except TeacherFailed as err:
