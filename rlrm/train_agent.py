@@ -28,16 +28,18 @@ from rlrm import cli, experiment
 from rlrm import model as rm
 from rlrm.errors import ConfigError
 from rlrm.rl.folder import FeedbackSpec
+from rlrm.rl.grid import BACKENDS, GridOptions, check_backend, run_grid
 from rlrm.rl.hyperparams import check_spec, default_algo, load_spec, parse_params
 from rlrm.rl.online import check_feedback
-from rlrm.rl.runs import RunInterrupted, train_run
+from rlrm.rl.worker import Outcome
 from rlrm.tasks import load_catalog
 from rlrm.wrappers import RewardShaping
 
 FLAGS = {"output_dir": "--output-dir", "params": "--params", "reward_model": "--reward-model",
          "hyperparams_dir": "--hyperparams-dir", "budget": "--budget", "feedback_every": "--feedback-every",
          "pretrain_steps": "--pretrain-steps", "feedback_epochs": "--feedback-epochs", "query": "--query",
-         "teacher": "--teacher", "segment_length": "--segment-length"}
+         "teacher": "--teacher", "segment_length": "--segment-length", "workers": "--workers",
+         "backend": "--backend", "ray_address": "--ray-address", "cpus_per_run": "--cpus-per-run"}
 
 
 PROG = "python -m rlrm.train_agent"
@@ -96,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--eval-freq", type=int, default=None, help="env steps between evaluations (default n/5)")
     h.add_argument("--eval-episodes", type=int, default=10)
     h.add_argument("--checkpoint-freq", type=int, default=None, help="env steps between checkpoints (default n/10)")
+    w = p.add_argument_group("where the runs run (results, folders and W&B are the same whatever the backend)")
+    w.add_argument("--workers", type=int, default=None, help="runs at a time: local, N worker processes (default 1: "
+                   "one after another in this process); ray, the most runs in flight and a local Ray's CPUs")
+    w.add_argument("--backend", choices=BACKENDS, default="local", help="local (default) or ray (each run a Ray "
+                   "task; pip install 'rlrm[ray]')")
+    w.add_argument("--ray-address", default=None, help="an existing Ray cluster (HOST:PORT, ray://HOST:PORT or auto); "
+                   "default: start a local Ray")
+    w.add_argument("--cpus-per-run", type=int, default=1, help="ray: CPUs (and torch threads) per run")
     o = p.add_argument_group("output")
     o.add_argument("--output-dir", type=Path, default=Path("runs"))
     o.add_argument("--resume", action="store_true", help="continue unfinished runs, reuse finished ones")
@@ -176,6 +186,8 @@ def _main(args: argparse.Namespace, stop: StopRequest) -> int:
         raise ConfigError(f"--uncertainty {args.uncertainty}: weighs the std across ensemble members; give an "
                           "ensemble model (--reward-model M, trained with train_reward --ensemble K)")
     feedback = _feedback(args, tasks)
+    grid = GridOptions(args.workers, args.backend, args.ray_address, args.cpus_per_run, tuple(args.env_module))
+    check_backend(grid)
     experiment.read_results(args.output_dir)  # a broken results.json is refused before any training
     args.output_dir.mkdir(parents=True, exist_ok=True)
     group = f"train_agent-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -196,38 +208,55 @@ def _main(args: argparse.Namespace, stop: StopRequest) -> int:
         checkpoint_freq=args.checkpoint_freq or 0,
         shaping=RewardShaping(args.reward_scale, args.reward_clip, args.reward_alpha, args.uncertainty,
                               args.uncertainty_decay), feedback=feedback))
-    results = []
-    for i, spec in enumerate(specs, 1):
-        if stop.requested:
-            print(f"stopped before run {i}/{len(specs)} ({spec.name}); start the rest with --resume",
-                  file=sys.stderr)
-            return 130
-        print(f"[{i}/{len(specs)}] {spec.name}: {spec.agent.n_timesteps:,} steps", file=sys.stderr)
-        stop.armed = True
-        try:
-            results.append(train_run(spec, args.output_dir, resume=args.resume, wandb=wandb,
-                                     progress=not args.no_progress, command=" ".join(sys.argv),
-                                     stop=lambda: stop.requested))
-            experiment.record_results(args.output_dir, results[-1:])
-        except RunInterrupted as err:
-            how = "continue with --resume" if err.resumable else "start it again without --resume"
-            print(f"{err}; {how}", file=sys.stderr)
-            return 130
-        finally:
-            stop.armed = False
-    print_results(results, args.eval_episodes, args.output_dir,
-                  experiment.constant_heads(reward_model) if reward_model is not None else set())
+    recorded: list[dict[str, Any]] = []
+
+    def record(outcome: Outcome) -> None:  # each finished run reaches results.json at once
+        if outcome.result is not None:
+            experiment.record_results(args.output_dir, [outcome.result])
+            recorded.append(outcome.result)
+
+    stop.armed = True
+    try:
+        outcomes = run_grid(specs, str(args.output_dir), grid, resume=args.resume, wandb=wandb,
+                            command=" ".join(sys.argv), progress=not args.no_progress, stop=lambda: stop.requested,
+                            on_outcome=record)
+    finally:
+        stop.armed = False
+    failed = [o for o in outcomes if o.status == "failed"]
+    interrupted = [o for o in outcomes if o.status == "interrupted"]
+    if recorded or failed:
+        print_results([o.result for o in outcomes if o.result is not None], args.eval_episodes, args.output_dir,
+                      experiment.constant_heads(reward_model) if reward_model is not None else set(),
+                      failed=[(specs[o.index].name, o.error or "") for o in failed])
+    for o in failed:
+        if o.detail:
+            print(o.detail, file=sys.stderr)
+    for o in interrupted:
+        how = "continue with --resume" if o.resumable else "start it again without --resume"
+        print(f"{o.error}; {how}", file=sys.stderr)
+    if interrupted or (stop.requested and len(outcomes) < len(specs)):
+        if len(outcomes) < len(specs) and not interrupted:
+            first = specs[len(outcomes)]
+            print(f"stopped before run {len(outcomes) + 1}/{len(specs)} ({first.name}); start the rest with "
+                  "--resume", file=sys.stderr)
+        return 130
+    if failed:
+        print(f"{PROG}: {len(failed)} of {len(specs)} runs failed (see the table); the others finished, "
+              "--resume reuses them", file=sys.stderr)
+        return 1
     return 0
 
 
 CONSTANT_NOTE = "learned reward = constant: this row does not test reward learning"
 
 
-def print_results(results: list[dict[str, Any]], episodes: int, output_dir: Path, constant: set[str]) -> None:
+def print_results(results: list[dict[str, Any]], episodes: int, output_dir: Path, constant: set[str],
+                  failed: Sequence[tuple[str, str]] = ()) -> None:
     """The final table: true return (and learned) of every run, the true-reward baseline beside it.
 
     :param constant: tasks whose learned reward is a constant (labels constant in the data, like CartPole's +1):
         their rows say that they do not test reward learning.
+    :param failed: runs that failed, ``(name, error)``: listed under the table.
     """
     fmt = cli.fmt
 
@@ -243,8 +272,10 @@ def print_results(results: list[dict[str, Any]], episodes: int, output_dir: Path
             for r in experiment.table_rows(results)]
     optional = {"note": lambda r: bool(r["note"]), "queries": lambda r: r["queries"] != "-"}
     columns = [c for c in rows[0] if c not in optional or any(optional[c](r) for r in rows)] if rows else None
+    caption = "\n".join(f"FAILED {name}: {error}" for name, error in failed) or None
     cli.print_table("Agents evaluated on the TRUE reward "
-                    f"({episodes} deterministic episodes each; results in {output_dir}/results.json)", rows, columns)
+                    f"({episodes} deterministic episodes each; results in {output_dir}/results.json)", rows, columns,
+                    caption=caption)
 
 
 def entry(argv: Sequence[str] | None = None) -> int:
