@@ -165,3 +165,35 @@ def test_killed_sac_run_resumes_with_its_buffer_relabelled(alpha: float, workdir
     assert resumed["checkpoint_version"] == 1 and resumed["version"] == 2
     assert resumed["relabel"] == {**resumed["relabel"], "rows": 100, "version": 2}
     assert [r["relabel"]["rows"] for r in fb["history"][1:]] == [100, 200, 300]
+
+
+def test_preference_run_killed_mid_round_resumes_with_the_pairs_it_was_answered(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Preferences: the transitions and pairs on disk are cut back to what the log answers, the round cut off is
+    asked again (its pairs under their ids), and the preference set on disk is the log's answered pairs."""
+    from rlrm.data.preferences import LABELS, PreferenceDataset
+
+    args = [*PPO, "--feedback", "preferences", "--budget", "40", "--segment-length", "10"]
+    with monkeypatch.context() as m:  # killed while retraining in the round at 512 steps
+        _sigint_at(m, feedback_rounds, "train_reward_model", call=3, signals=2)
+        assert entry(args) == 130
+    (run,) = (workdir / "runs" / "ppo").glob("Pendulum-v1_*")
+    assert _feedback(run)["queries"] == 20  # 10 pairs on random-policy segments, 10 at 256 steps
+    assert entry(["--resume", *args]) == 0
+    fb = _feedback(run)
+    assert [(r["timesteps"], r["queries"]) for r in fb["history"]] == [(0, 10), (256, 20), (512, 30), (768, 40)]
+    records = [json.loads(line) for line in (run / "feedback" / "queries.jsonl").read_text().splitlines()]
+    queries = {r["id"]: r for r in records if r["kind"] == "query"}
+    answers = {r["id"]: r["label"] for r in records if r["kind"] == "answer"}
+    assert len(queries) == len(answers) == 40 and sorted(queries) == list(range(40))
+    ds = TransitionDataset.load(run / "feedback" / "transitions")
+    prefs = PreferenceDataset.load(run / "feedback" / "preferences")
+    left, right = prefs.segment_rows(ds)
+    on_disk = [((int(ds.episode[a]), int(ds.step[a])), (int(ds.episode[b]), int(ds.step[b])), LABELS[c])
+               for a, b, c in zip(left[:, 0], right[:, 0], prefs.label)]
+    logged = [((q["left"]["episode"], q["left"]["step"]), (q["right"]["episode"], q["right"]["step"]), answers[i])
+              for i, q in sorted(queries.items()) if answers[i] != "skip"]
+    assert on_disk == logged and fb["pairs"] == len(logged) == 40
+    steps = {(q[side]["episode"], q[side]["step"] + j) for q in queries.values() for side in ("left", "right")
+             for j in range(10)}
+    assert set(zip(ds.episode.tolist(), ds.step.tolist())) == steps  # every asked segment's step, nothing else

@@ -4,7 +4,8 @@ Layout (RL Zoo style), ``<output>/<algo>/<task>_<N>/``::
 
     config.json        the exact run spec, rlrm version, command (written first, never changed)
     .lock              held (flock) by the one process training in the folder
-    checkpoint/        agent.zip, vecnormalize.json, replay_buffer.npz, state.json (replaced as a whole)
+    checkpoint/        agent.zip, vecnormalize.json, replay_buffer.npz, state.json (steps, the reward version that
+                       paid the agent), replaced as a whole
     monitor/           Monitor CSVs (true rewards): env<i>.monitor.csv, and env<i>.part<k>.monitor.csv for
                        the segments before each resume
     progress.csv       SB3's logger output (a resumed run appends)

@@ -37,12 +37,20 @@ it, kept in feedback.json's ``resumes``), an off-policy replay buffer is relabel
 at the first grid point after both the checkpoint and the last round.
 
 A teacher that raises, answers with a non-finite label, or (``file:``) has no answers for some asked transitions
-stops the run with a :class:`TeacherFailed` naming the teacher: the round waits in ``pending/`` (a ``file:``
-teacher's missing ones are listed in ``pending/unanswered.csv``), the agent is checkpointed (an on-policy agent
-without the rollout it did not learn from), and ``--resume`` asks again.
+stops the run with a :class:`~rlrm.rl.feedback_rounds.TeacherFailed` naming the teacher: the round waits in
+``pending/``, the agent is checkpointed (an on-policy agent without the rollout it did not learn from), and
+``--resume`` asks again. A ``file:`` teacher answers a round whole or not at all: the asked transitions it lacks are
+listed in ``pending/unanswered.csv`` (``episode,step,label`` rows with the label empty, then the transitions'
+numbers), to be labeled and added to its file; the file may keep the rows of earlier rounds, and a row for a
+transition never asked is an error.
+
+Off-policy agents with ``reward_alpha < 1``: the replay buffer keeps each transition's true reward beside the paid
+one (:func:`~rlrm.rl.relabel.keep_true_rewards`; saved in checkpoints too), and relabelling pays
+``alpha * learned + (1 - alpha) * true`` as the wrapper does.
 
 Label scale (scalar labels): the head learns standardized labels. Before each retraining the scale is re-estimated
-from every label so far and the head re-expressed in the new units (:func:`refit_label_scale`), so the swap alone
+from every label so far and the head re-expressed in the new units
+(:func:`~rlrm.rl.feedback_rounds.refit_label_scale`), so the swap alone
 does not change the reward: the agent is paid in the teacher's units throughout, while labels far outside the first
 data's range (a goal bonus never seen by a random policy, or any signal after constant labels) stay learnable.
 Preferences fix a reward only up to shift and scale: it is standardized (mean 0, std 1 on the answered segments'
