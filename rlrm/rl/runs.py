@@ -39,6 +39,7 @@ from rlrm.rl.callbacks import (
 from rlrm.rl.envs import make_vec_env, sync_normalization
 from rlrm.rl.evaluation import evaluate_agent
 from rlrm.rl.folder import RunFolder, RunSpec, learned_reward, normalize_options
+from rlrm.rl.hacking import save_true_peak, write_run_report
 from rlrm.rl.hyperparams import ALGOS, build_kwargs
 from rlrm.rl.online import FeedbackLoop, FeedbackState, RecordingReward, needs_true_rewards, open_feedback
 from rlrm.rl.relabel import keep_true_rewards
@@ -146,8 +147,14 @@ def _train(spec: RunSpec, folder: RunFolder, setup: _Setup) -> dict[str, Any]:
                       "key": spec.key()}
             if session.feedback is not None:
                 result["feedback"] = session.feedback.state.summary()
+            if spec.reward == "learned":  # proxy vs true: <run>/reward_hacking.json + proxy_vs_true.png
+                result["reward_hacking"] = write_run_report(
+                    folder, {"timesteps": int(session.agent.num_timesteps), **final})
             folder.write_result(result)
             _log_final(spec, folder, session.tracker, final)
+            if "reward_hacking" in result:
+                session.tracker.summary({f"reward_hacking/{k}": v for k, v in result["reward_hacking"].items()
+                                         if isinstance(v, (bool, int, float))})
         finally:
             session.close()
     except KeyboardInterrupt:
@@ -193,8 +200,10 @@ def _start(spec: RunSpec, folder: RunFolder, setup: _Setup) -> _Session:
         steps = agent.num_timesteps if resumed else 0
         # evaluations after the checkpoint belong to steps that are trained again (a run killed, not stopped)
         history = [r for r in folder.evaluations() if r.get("timesteps", 0) <= steps] if resumed else []
+        # the evaluator keeps the agent of the true peak in <run>/best_true/ (a reward-hacked run's best agent)
         evaluator = TrueRewardEval(make_eval_env, spec.eval_episodes, folder.write_evaluations,
-                                   sync_normalization, history)
+                                   sync_normalization, history,
+                                   save_best=lambda model, env, row: save_true_peak(folder, model, env, row))
     except BaseException:
         if venv is not None:
             venv.close()
