@@ -197,3 +197,23 @@ def test_preference_run_killed_mid_round_resumes_with_the_pairs_it_was_answered(
     steps = {(q[side]["episode"], q[side]["step"] + j) for q in queries.values() for side in ("left", "right")
              for j in range(10)}
     assert set(zip(ds.episode.tolist(), ds.step.tolist())) == steps  # every asked segment's step, nothing else
+
+
+def test_the_query_log_is_read_back_as_feedback_json_counts(tmp_path: Path) -> None:
+    from rlrm.errors import ConfigError
+    from rlrm.rl.feedback_files import read_log, settled
+
+    log = tmp_path / "queries.jsonl"
+    lines = [{"kind": "query", "id": 0, "episode": 0, "step": 0}, {"kind": "answer", "id": 0, "label": 1.0},
+             {"kind": "query", "id": 1, "episode": 0, "step": 1}]
+    text = "".join(json.dumps(r) + "\n" for r in lines)
+    log.write_text(text + '{"kind": "answer", "id": 1, "lab')  # a process killed mid-write
+    assert read_log(log) == lines
+    assert settled(log, read_log(log), 1) == lines[:2]  # query 1 belongs to a round feedback.json does not count
+    with pytest.raises(ConfigError, match="expected ids 0 to 1 asked once each"):
+        settled(log, [*lines, lines[0]], 2)  # query 0 twice
+    with pytest.raises(ConfigError, match="expected ids 0 to 2"):
+        settled(log, lines, 3)  # a query missing
+    log.write_text(text.replace('"id": 1,', '"id": "one",') + json.dumps(lines[1]) + "\n")
+    with pytest.raises(ConfigError, match=r"queries.jsonl:3: expected a query log record"):
+        read_log(log)  # a damaged line before the end

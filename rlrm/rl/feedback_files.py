@@ -63,7 +63,8 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     damaged line before it is an error."""
     if not path.exists():
         return []
-    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.split("\n")
     records = []
     for i, line in enumerate(lines, 1):
         if not line.strip():
@@ -73,7 +74,7 @@ def read_log(path: Path) -> list[dict[str, Any]]:
         except ValueError:
             rec = None
         if not (isinstance(rec, dict) and rec.get("kind") in ("query", "answer") and isinstance(rec.get("id"), int)):
-            if i >= len(lines) - 1 and not path.read_bytes().endswith(b"\n"):
+            if i == len(lines) and not text.endswith("\n"):
                 break  # the last line, cut off
             raise ConfigError(f"{path}:{i}: expected a query log record ({{\"kind\": \"query\" or \"answer\", "
                               f"\"id\": N, ...}}), got {line[:60]!r}")

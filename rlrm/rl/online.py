@@ -79,7 +79,7 @@ from rlrm.data.dataset import TransitionDataset
 from rlrm.data.preferences import LABELS
 from rlrm.data.rollout import collect
 from rlrm.data.teachers import Teacher
-from rlrm.errors import ConfigError, LabelError
+from rlrm.errors import ConfigError, DatasetError, LabelError, ModelFileError
 from rlrm.model.network import RewardModel
 from rlrm.reward_fn import RewardFn, std_method
 from rlrm.rl.feedback_files import (
@@ -157,15 +157,20 @@ def open_feedback(spec: RunSpec, folder: RunFolder, checkpoint: dict[str, Any] |
     files = FeedbackFiles(folder.feedback_dir)
     if not files.state.exists():
         return start_feedback(spec, folder, progress)
-    state = _load(spec, fb, files)
-    pending = Query.load(files)
+    try:
+        state = _load(spec, fb, files)
+        pending = Query.load(files)
+    except (ConfigError, DatasetError, ModelFileError) as err:
+        raise ConfigError(f"{err}; the feedback loop cannot be resumed: delete the run folder {folder.path} or start "
+                          "a new run without resuming") from None
     if pending is not None and pending.first < state.asked:  # its round reached feedback.json
         clear_pending(files)
         pending = None
     if pending is not None:
         if pending.first != state.asked:
             raise ConfigError(f"{files.pending}: a round from query {pending.first} on, but feedback.json counts "
-                              f"{state.asked} queries; the run cannot be resumed: delete the run folder {folder.path}")
+                              f"{state.asked} queries; the feedback loop cannot be resumed: delete the run folder "
+                              f"{folder.path} or start a new run without resuming")
         pose(state, pending, saved=True)
         rng = np.random.default_rng([spec.seed + ROUND_SEED, pending.first])
         try:
