@@ -232,16 +232,17 @@ def _ask_pairs(state: FeedbackState, query: Query, rng: np.random.Generator,
                ) -> tuple[TransitionDataset, dict[str, np.ndarray]]:
     """Have the teacher judge the query's pairs by the labeler's rewards of their segments' transitions only, log
     its answers; return the segments' transitions (labeled by the labeler) and the answered pairs."""
-    assert state.labeler is not None and query.pairs is not None
+    pairs = query.pairs
+    assert state.labeler is not None and pairs is not None
     try:
         seen = labels.apply(query.transitions, state.labeler)
-    except Exception as err:
+    except Exception as err:  # the labeler may be user code
         raise _failed(state, query, err) from None
     key = seen.episode * 2**32 + seen.step  # rows are sorted by (episode, step)
     offsets = np.arange(query.length)
 
     def rows(side: str) -> np.ndarray:
-        first = np.searchsorted(key, query.pairs[f"{side}_episode"] * 2**32 + query.pairs[f"{side}_step"])
+        first = np.searchsorted(key, pairs[f"{side}_episode"] * 2**32 + pairs[f"{side}_step"])
         return first[:, None] + offsets
 
     left, right = rows("left"), rows("right")
@@ -249,7 +250,7 @@ def _ask_pairs(state: FeedbackState, query: Query, rng: np.random.Generator,
     append_log(state.files.queries, [{"kind": "answer", "id": query.first + i, "label": LABELS[a] if a != SKIPPED
                                       else "skip"} for i, a in enumerate(answers.tolist())])
     keep = answers != SKIPPED
-    return seen, {**{k: v[keep] for k, v in query.pairs.items()}, "label": answers[keep].astype(np.int8)}
+    return seen, {**{k: v[keep] for k, v in pairs.items()}, "label": answers[keep].astype(np.int8)}
 
 
 def _scorer(state: FeedbackState, rng: np.random.Generator) -> RewardEnsemble:
