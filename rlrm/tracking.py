@@ -57,6 +57,7 @@ class Tracker(Protocol):
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None: ...
     def summary(self, values: dict[str, Any]) -> None: ...
     def table(self, name: str, rows: list[dict[str, Any]]) -> None: ...
+    def image(self, name: str, path: str | os.PathLike) -> None: ...
     def artifact(self, path: str | os.PathLike, name: str, type: str, role: str = "output") -> None: ...
     def finish(self) -> None: ...
 
@@ -73,6 +74,9 @@ class NullTracker:
         pass
 
     def table(self, name: str, rows: list[dict[str, Any]]) -> None:
+        pass
+
+    def image(self, name: str, path: str | os.PathLike) -> None:
         pass
 
     def artifact(self, path: str | os.PathLike, name: str, type: str, role: str = "output") -> None:
@@ -262,6 +266,15 @@ class WandbTracker:
 
         if rows:
             self._shielded(f"table {name!r}", write)
+
+    def image(self, name: str, path: str | os.PathLike) -> None:
+        """Log an image file (a PNG figure) under ``name``."""
+        def write() -> None:
+            import wandb
+
+            self.run.log({name: wandb.Image(str(path))})
+
+        self._shielded(f"image {name!r}", write)
 
     def artifact(self, path: str | os.PathLike, name: str, type: str, role: str = "output") -> None:
         """Attach a file: ``role="output"`` logs it; ``"input"`` declares it used (online) or, offline where

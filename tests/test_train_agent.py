@@ -273,7 +273,10 @@ def test_wandb_offline_logs_sb3_eval_and_final_metrics(model_file: Path, tmp_pat
     assert "rollout/ep_rew_mean" in keys or any(k.startswith("train/") for k in keys), sorted(keys)
     assert "rollout/ep_learned_rew_mean" in keys
     assert {"eval/true_return_mean", "final/true_return_mean"} <= keys
+    # the run's proxy-vs-true figure reaches W&B as an image
+    assert list((wandb_dir / "files" / "media" / "images" / "reward_hacking").glob("proxy_vs_true_*.png"))
     result = _json(run_dir / "result.json")
+    assert result["reward_hacking"]["flagged"] is False and (run_dir / "reward_hacking.json").is_file()
     final = [row for row in rows if "final/true_return_mean" in row]
     assert final[-1]["final/true_return_mean"] == pytest.approx(result["true_mean"])
     evals = [row["eval/true_return_mean"] for row in rows if "eval/true_return_mean" in row]

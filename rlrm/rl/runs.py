@@ -155,6 +155,8 @@ def _train(spec: RunSpec, folder: RunFolder, setup: _Setup) -> dict[str, Any]:
             if "reward_hacking" in result:
                 session.tracker.summary({f"reward_hacking/{k}": v for k, v in result["reward_hacking"].items()
                                          if isinstance(v, (bool, int, float))})
+                if (figure := folder.path / "proxy_vs_true.png").is_file():
+                    session.tracker.image("reward_hacking/proxy_vs_true", figure)
         finally:
             session.close()
     except KeyboardInterrupt:
