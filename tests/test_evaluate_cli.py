@@ -263,3 +263,12 @@ def test_collect_policy_sees_observations_normalized_with_the_run_statistics(nor
     venv.close()
     np.testing.assert_array_equal(acted, expected)
     assert not np.allclose(acted, unnormalized)
+
+
+def test_evaluates_the_true_peak_agent_a_run_kept(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``<run>/best_true/agent.zip`` (the agent of the best true-reward evaluation) evaluates with its settings."""
+    best = run_dir / "best_true" / "agent.zip"
+    assert best.is_file()
+    assert entry(["--agent", str(best), "--episodes", "3"]) == 0, capsys.readouterr().err
+    expected = _expected(best, run_dir.parent.parent / "reward" / "reward_model.safetensors", 3, 10_000)
+    _check_row(capsys.readouterr().out, expected, 3)

@@ -12,6 +12,8 @@ Layout (RL Zoo style), ``<output>/<algo>/<task>_<N>/``::
     evaluations.json   periodic true-reward evaluations
     wandb.json         the W&B run id (a resumed run logs into the same W&B run)
     feedback/          a run with an online feedback loop: its answers, query log, models (:mod:`rlrm.rl.online`)
+    best_true/         agent.zip, vecnormalize.json, evaluation.json: the agent of the best true-reward evaluation
+    reward_hacking.json  proxy_vs_true.png   a learned-reward run: proxy vs true return (:mod:`rlrm.rl.hacking`)
     agent.zip  vecnormalize.json  result.json   (at the end; result.json means "done")
 """
 
@@ -181,6 +183,7 @@ class RunFolder:
     WANDB = "wandb.json"
     LOCK = ".lock"
     CHECKPOINT = "checkpoint"
+    BEST_TRUE = "best_true"
     AGENT = "agent.zip"
     VECNORMALIZE = "vecnormalize.json"
     REPLAY_BUFFER = "replay_buffer.npz"
@@ -242,9 +245,10 @@ class RunFolder:
 
     @classmethod
     def of_agent(cls, agent_path: str | os.PathLike) -> RunFolder | None:
-        """The run folder an agent file belongs to (its final ``agent.zip`` or its checkpoint's), if any."""
+        """The run folder an agent file belongs to (its final ``agent.zip``, its checkpoint's or its true peak's),
+        if any."""
         parent = Path(agent_path).parent
-        if parent.name == cls.CHECKPOINT and (parent.parent / cls.CONFIG).is_file():
+        if parent.name in (cls.CHECKPOINT, cls.BEST_TRUE) and (parent.parent / cls.CONFIG).is_file():
             return cls(parent.parent)
         return cls(parent) if (parent / cls.CONFIG).is_file() else None
 
