@@ -1,0 +1,188 @@
+"""Agent quality (issue #12): do agents trained on ONE multi-task learned reward do as well on the TRUE reward as
+agents trained on the true reward itself?
+
+Everything goes through the user-facing commands, in this order:
+
+1. ``python -m rlrm.collect``: ``--steps`` random-policy transitions per task for the classic suite and
+   LunarLander-v3 (and the MuJoCo tasks in their stage); the family task ``CartPole-v1/x0.75`` gets
+   ``rlrm:cartpole_wander`` transitions instead (random actions only reach |x| < 0.5).
+2. ``python -m rlrm.train_reward``: ONE multi-task reward model on all of those datasets (labels = the tasks'
+   rewards, regression).
+3. ``python -m rlrm.train_agent --reward-model MODEL --baseline``: per stage, each task on the learned reward and on
+   the true reward, the same seeds and budget, ``--workers`` runs at a time, into one output folder.
+4. ``python -m rlrm.report``: normalized scores (random = 0, true-reward agents = 1), IQM / mean with 95%
+   stratified bootstrap intervals (rliable), profiles, learning curves, reward-hacking table.
+5. Per task, the label statistics of its dataset (min / max / std / distinct values): the data behind the verdict
+   on any task that falls short (a goal bonus the labels never saw, a constant label).
+
+Stages (budgets reduced from the zoo's for a shared 2-core machine; ``--stage NAME`` repeatable, in order)::
+
+    classic   CartPole-v1 50k, CartPole-v1/x0.75 30k, Acrobot-v1 30k, Pendulum-v1 50k (PPO), seeds 0-4
+    lunar     LunarLander-v3 100k (PPO), seeds 0-4
+    mcc       MountainCarContinuous-v0 20k (SAC), seeds 0-2
+    mujoco    HalfCheetah-v5, Hopper-v5 20k (SAC), seeds 0-2 (needs its data in the model: --with-mujoco)
+
+    python benchmarks/agent_quality.py --work-dir /tmp/aq                      # collect, train, all stages but mujoco
+    python benchmarks/agent_quality.py --work-dir /tmp/aq --stage lunar        # one stage (data/model reused)
+    python benchmarks/agent_quality.py --work-dir /tmp/aq --report-only        # report + copy of what is there
+
+Run it from a frozen checkout (``git worktree add``) so edits to the repo do not change a running experiment.
+Results (results.json of the runs, the report's scores.csv / report.json / PNGs, label statistics, commands and
+wall times) go to ``--out`` (default ``benchmarks/agent_quality/``); run folders and agents stay in ``--work-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+WANDER = "rlrm:cartpole_wander"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One ``train_agent`` command per (task, budget) of a stage, all with the same seeds."""
+
+    runs: tuple[tuple[str, int], ...]
+    seeds: tuple[int, ...]
+
+
+STAGES: dict[str, Stage] = {
+    "classic": Stage((("CartPole-v1", 50_000), ("CartPole-v1/x0.75", 30_000), ("Acrobot-v1", 30_000),
+                      ("Pendulum-v1", 50_000)), (0, 1, 2, 3, 4)),
+    "lunar": Stage((("LunarLander-v3", 100_000),), (0, 1, 2, 3, 4)),
+    "mcc": Stage((("MountainCarContinuous-v0", 20_000),), (0, 1, 2)),
+    "mujoco": Stage((("HalfCheetah-v5", 20_000), ("Hopper-v5", 20_000)), (0, 1, 2)),
+}
+RANDOM_TASKS = ["CartPole-v1", "Acrobot-v1", "Pendulum-v1", "MountainCarContinuous-v0", "LunarLander-v3"]
+MUJOCO_TASKS = ["HalfCheetah-v5", "Hopper-v5"]
+FAMILY_TASK = "CartPole-v1/x0.75"
+
+
+# --------------------------------------------------------------------------- running the commands
+def run(cmd: list[str], log: list[dict[str, Any]], cwd: Path) -> None:
+    """Run one rlrm command (stdout/stderr passed through) and record it with its wall time."""
+    print("+", " ".join(cmd), flush=True)
+    start = time.perf_counter()
+    rc = subprocess.run(cmd, cwd=cwd, env={**os.environ, "WANDB_MODE": "disabled"}).returncode
+    log.append({"command": " ".join(cmd[2:]), "rc": rc, "wall_s": round(time.perf_counter() - start, 1),
+                "start_utc": time.strftime("%H:%M:%S", time.gmtime(time.time() - (time.perf_counter() - start)))})
+    if rc != 0:
+        raise SystemExit(f"{' '.join(cmd)}: exit status {rc}")
+
+
+def rlrm_cmd(module: str, *args: str | int | Path) -> list[str]:
+    return [sys.executable, "-m", f"rlrm.{module}", *(str(a) for a in args)]
+
+
+def collect_data(work: Path, steps: int, with_mujoco: bool, log: list[dict[str, Any]], cwd: Path) -> list[Path]:
+    """Random-policy data per task (wander data for the family task); returns the dataset folders."""
+    random_tasks = RANDOM_TASKS + (MUJOCO_TASKS if with_mujoco else [])
+    out = [work / "data" / "random", work / "data" / "wander"]
+    if not out[0].exists():
+        run(rlrm_cmd("collect", *[a for t in random_tasks for a in ("--task", t)], "--steps", steps, "--seed", 0,
+                     "--out", out[0], "--no-progress"), log, cwd)
+    if not out[1].exists():
+        run(rlrm_cmd("collect", "--task", FAMILY_TASK, "--policy", WANDER, "--steps", steps, "--seed", 0,
+                     "--out", out[1], "--no-progress"), log, cwd)
+    return out
+
+
+def train_model(work: Path, data: list[Path], log: list[dict[str, Any]], cwd: Path) -> Path:
+    model = work / "data" / "rm_multitask"
+    if not model.exists():
+        run(rlrm_cmd("train_reward", "--data", *data, "--out", model, "--seed", 0, "--no-progress"), log, cwd)
+    return model
+
+
+def run_stage(stage: Stage, model: Path, runs_dir: Path, workers: int, log: list[dict[str, Any]],
+              cwd: Path) -> None:
+    seeds = [a for s in stage.seeds for a in ("--seed", s)]
+    for task, steps in stage.runs:
+        run(rlrm_cmd("train_agent", "--task", task, "-n", steps, "--reward-model", model, "--baseline", *seeds,
+                     "--workers", workers, "--output-dir", runs_dir, "--no-progress", "--wandb-mode", "disabled",
+                     "--resume"), log, cwd)
+
+
+# --------------------------------------------------------------------------- the data behind the verdicts
+def label_stats(data: list[Path]) -> dict[str, dict[str, Any]]:
+    """Per dataset folder: the labels' min / max / mean / std, distinct values, and the best episode's return."""
+    stats = {}
+    for root in data:
+        for folder in sorted(p for p in root.iterdir() if (p / "label.npy").exists()):
+            label, episode = np.load(folder / "label.npy"), np.load(folder / "episode.npy")
+            manifest = json.loads((folder / "manifest.json").read_text())
+            returns = np.bincount(episode - episode.min(), weights=label)
+            stats[str(manifest.get("task", {}).get("name", folder.name))] = {
+                "dataset": str(folder.relative_to(root.parent)), "transitions": int(label.size),
+                "episodes": int(np.unique(episode).size), "min": float(label.min()), "max": float(label.max()),
+                "mean": float(label.mean()), "std": float(label.std()),
+                "distinct": int(np.unique(np.round(label, 6)).size), "best_episode_return": float(returns.max())}
+    return stats
+
+
+def machine(cwd: Path) -> dict[str, str]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=cwd).stdout
+    return {"cpu": cpu, "cpus": str(os.cpu_count()), "commit": commit.strip(), "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_avg": str(os.getloadavg())}
+
+
+# --------------------------------------------------------------------------- results
+def publish(work: Path, runs_dir: Path, out: Path, meta: dict[str, Any]) -> None:
+    """Copy results.json and the report (not agents or checkpoints) into ``out``; write meta.json beside them."""
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(runs_dir / "results.json", out / "results.json")
+    report = runs_dir / "report"
+    for f in report.glob("*"):
+        if f.is_file():
+            shutil.copy2(f, out / f.name)
+    if (report / "hacking").is_dir():
+        shutil.copytree(report / "hacking", out / "hacking", dirs_exist_ok=True)
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work-dir", type=Path, required=True, help="data, model and run folders")
+    p.add_argument("--stage", action="append", choices=sorted(STAGES), help="default: classic, lunar, mcc")
+    p.add_argument("--steps", type=int, default=20_000, help="transitions per task for the reward model")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--with-mujoco", action="store_true", help="collect MuJoCo data too (before the model exists)")
+    p.add_argument("--report-only", action="store_true")
+    p.add_argument("--out", type=Path, default=HERE / "agent_quality")
+    args = p.parse_args()
+    cwd = Path.cwd()
+    work, log = args.work_dir.resolve(), []
+    runs_dir = work / "grid"
+    meta_path = args.out / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"commands": []}
+    meta["machine"] = machine(cwd)
+    data = collect_data(work, args.steps, args.with_mujoco, log, cwd)
+    model = train_model(work, data, log, cwd)
+    if not args.report_only:
+        for name in args.stage or ["classic", "lunar", "mcc"]:
+            run_stage(STAGES[name], model, runs_dir, args.workers, log, cwd)
+    run(rlrm_cmd("report", runs_dir), log, cwd)
+    meta["label_stats"] = label_stats(data)
+    meta["commands"] += log
+    publish(work, runs_dir, args.out, meta)
+    print(f"results in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
