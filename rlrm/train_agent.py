@@ -21,6 +21,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from rlrm import cli, experiment
 from rlrm import model as rm
 from rlrm.errors import ConfigError
 from rlrm.rl.folder import FeedbackSpec
-from rlrm.rl.grid import BACKENDS, GridOptions, check_backend, run_grid
+from rlrm.rl.grid import BACKENDS, GridOptions, open_backend, run_grid
 from rlrm.rl.hyperparams import check_spec, default_algo, load_spec, parse_params
 from rlrm.rl.online import check_feedback
 from rlrm.rl.worker import Outcome
@@ -187,8 +188,26 @@ def _main(args: argparse.Namespace, stop: StopRequest) -> int:
                           "ensemble model (--reward-model M, trained with train_reward --ensemble K)")
     feedback = _feedback(args, tasks)
     grid = GridOptions(args.workers, args.backend, args.ray_address, args.cpus_per_run, tuple(args.env_module))
-    check_backend(grid)
     experiment.read_results(args.output_dir)  # a broken results.json is refused before any training
+    with open_backend(grid):  # Ray: connected (or started) before anything is created, shut down after
+        return _execute(args, stop, tasks, Plan(reward_model, feedback, grid, baseline, overrides))
+
+
+@dataclass
+class Plan:
+    """What the checks of a command settled, for :func:`_execute`."""
+
+    reward_model: Path | None
+    feedback: FeedbackSpec | None
+    grid: GridOptions
+    baseline: bool
+    overrides: dict[str, Any]
+
+
+def _execute(args: argparse.Namespace, stop: StopRequest, tasks: Sequence[Any], plan: Plan) -> int:
+    """Build the reward model if needed, plan the runs, run them, print the table."""
+    reward_model, feedback, grid, baseline, overrides = (plan.reward_model, plan.feedback, plan.grid, plan.baseline,
+                                                         plan.overrides)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     group = f"train_agent-{time.strftime('%Y%m%d-%H%M%S')}"
     wandb = cli.wandb_options(args, group)

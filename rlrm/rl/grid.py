@@ -13,9 +13,10 @@ second Ctrl-C) sends a second SIGTERM, which stops them at once.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import queue as queue_mod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,14 +61,17 @@ class GridOptions:
         return self.backend == "local" and (self.workers or 1) == 1
 
 
-def check_backend(opts: GridOptions) -> None:
-    """Before anything is created: Ray is there and the cluster answers (a clear error within seconds if not)."""
-    if opts.backend == "ray":
-        from rlrm.rl.ray_backend import check_address, import_ray
+@contextlib.contextmanager
+def open_backend(opts: GridOptions) -> Iterator[None]:
+    """Before anything is created: for Ray, check it is installed, reach the cluster (a clear error within seconds if
+    nothing answers) and connect, or start a local Ray; shut it down when the block ends."""
+    if opts.backend != "ray":
+        yield
+        return
+    from rlrm.rl.ray_backend import connected
 
-        import_ray()
-        if opts.ray_address is not None:
-            check_address(opts.ray_address)
+    with connected(opts):
+        yield
 
 
 def run_grid(specs: Sequence[RunSpec], output_dir: str, opts: GridOptions, *, resume: bool = False,

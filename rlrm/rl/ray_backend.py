@@ -22,7 +22,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -62,9 +62,10 @@ def check_address(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
                           f"({err.strerror or type(err).__name__}); is `ray start --head` running there?") from None
 
 
-def run_on_ray(jobs: Sequence[RunJob], opts: Any, *, progress: bool, stop: Callable[[], bool],
-               on_outcome: Callable[[Outcome], None]) -> list[Outcome]:
-    """Run ``jobs`` as Ray tasks (see the module docstring); outcomes as they end."""
+@contextlib.contextmanager
+def connected(opts: Any) -> Iterator[None]:
+    """Ray imported, the cluster reached and connected to (or a local Ray started) for the block; shut down after
+    if it was started here."""
     ray = import_ray()
     if opts.ray_address is not None:
         check_address(opts.ray_address)
@@ -72,10 +73,18 @@ def run_on_ray(jobs: Sequence[RunJob], opts: Any, *, progress: bool, stop: Calla
     if started_here:
         _init(ray, opts)
     try:
-        return _run(ray, jobs, opts, progress, stop, on_outcome)
+        yield
     finally:
         if started_here:
             ray.shutdown()
+
+
+def run_on_ray(jobs: Sequence[RunJob], opts: Any, *, progress: bool, stop: Callable[[], bool],
+               on_outcome: Callable[[Outcome], None]) -> list[Outcome]:
+    """Run ``jobs`` as Ray tasks (see the module docstring); outcomes as they end. Connects for the call unless a
+    connection is open (:func:`connected`)."""
+    with connected(opts):
+        return _run(import_ray(), jobs, opts, progress, stop, on_outcome)
 
 
 def _init(ray: Any, opts: Any) -> None:
@@ -86,8 +95,10 @@ def _init(ray: Any, opts: Any) -> None:
     try:
         ray.init(address=opts.ray_address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as err:
-        raise ConfigError(f"ray_address {opts.ray_address!r}: Ray could not start or connect "
-                          f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if opts.ray_address is None:
+            raise ConfigError(f"backend ray: a local Ray could not start ({why})") from None
+        raise ConfigError(f"ray_address {opts.ray_address!r}: Ray could not start or connect ({why})") from None
 
 
 def _run(ray: Any, jobs: Sequence[RunJob], opts: Any, progress: bool, stop: Callable[[], bool],
