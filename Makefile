@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/python -m rlrm.train_agent
 
 test: $(STAMP)
-	WANDB_MODE=offline WANDB_SILENT=true $(VENV)/bin/python -m pytest -q
+	WANDB_MODE=offline WANDB_SILENT=true $(VENV)/bin/python -m pytest -q -n auto --dist loadfile
 	$(VENV)/bin/ruff check rlrm tests examples benchmarks
 	$(VENV)/bin/lint-imports
 
