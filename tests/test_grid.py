@@ -116,6 +116,51 @@ def test_a_stopped_grid_checkpoints_every_running_run_and_resumes(tmp_path: Path
     assert sorted(monitors.iterdir()) == folders  # resumed in place
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_workers_of_a_killed_driver_checkpoint_and_exit(tmp_path: Path) -> None:
+    """`kill -9` of the command leaves no orphan training on: each worker sees its driver gone, stops at its next
+    step with a checkpoint, and exits."""
+    args = ["--env", "CartPole-v1", "--reward", "true", "--seed", "0", "--seed", "1", "-n", "200000", "--n-envs", "2",
+            "--eval-episodes", "1", "--checkpoint-freq", "1000000", "--params", "n_steps:64", "batch_size:64",
+            "n_epochs:2", "--no-progress", "--workers", "2", "--output-dir", "out"]
+    proc = subprocess.Popen([sys.executable, "-m", "rlrm.train_agent", *args], cwd=tmp_path,
+                            env={**os.environ, "WANDB_MODE": "disabled"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    runs = tmp_path / "out" / "ppo"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and sum(_rows_in(p) for p in runs.glob("*/progress.csv")) < 2:
+        time.sleep(0.2)
+    workers = [c for c in _children(proc.pid) if "multiprocessing" in Path(f"/proc/{c}/cmdline").read_text()]
+    assert len(workers) >= 2, workers
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers), "a worker trains on without its driver"
+    assert all((f / "checkpoint" / "agent.zip").is_file() for f in runs.iterdir())
+
+
 def _rows_in(csv_file: Path) -> int:
     """1 if SB3's logger has written a row to ``csv_file`` (a header and a line), else 0."""
     try:
