@@ -213,3 +213,25 @@ def test_ray_not_installed_says_which_extra_to_install(tmp_path: Path) -> None:
     assert proc.stderr.strip() == (f"{PROG}: error: --backend ray: Ray is not installed; install it with "
                                    "pip install 'rlrm[ray]' (or pip install ray)")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_ray_worker_that_cannot_see_the_model_file_trains_on_a_checked_copy(tmp_path: Path,
+                                                                             model_file: Path) -> None:
+    """On another node the driver's path does not exist: the bytes from the object store become a cached copy
+    named by its SHA-256, and the run's spec points there (same key: the same run)."""
+    import shutil
+
+    from rlrm.atomic import file_sha256
+    from rlrm.rl.folder import RunSpec
+    from rlrm.rl.hyperparams import load_spec
+    from rlrm.rl.ray_backend import _local_model
+
+    task = Task("CartPole-v1", "CartPole-v1")
+    driver_copy = shutil.copy(model_file, tmp_path / "driver_model.safetensors")
+    spec = RunSpec(task, load_spec("ppo", task, {"n_timesteps": 64}), 0, "learned", str(driver_copy))
+    assert _local_model(spec, b"unused") is spec  # the file is here and identical: used as it is
+    data = Path(driver_copy).read_bytes()
+    Path(driver_copy).unlink()  # as seen from another node
+    local = _local_model(spec, data)
+    assert local.reward_model != spec.reward_model and Path(local.reward_model).read_bytes() == data
+    assert file_sha256(local.reward_model) == spec.reward_model_sha256 and local.key() == spec.key()
