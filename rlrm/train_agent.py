@@ -40,7 +40,8 @@ FLAGS = {"output_dir": "--output-dir", "params": "--params", "reward_model": "--
          "hyperparams_dir": "--hyperparams-dir", "budget": "--budget", "feedback_every": "--feedback-every",
          "pretrain_steps": "--pretrain-steps", "feedback_epochs": "--feedback-epochs", "query": "--query",
          "teacher": "--teacher", "segment_length": "--segment-length", "workers": "--workers",
-         "backend": "--backend", "ray_address": "--ray-address", "cpus_per_run": "--cpus-per-run"}
+         "backend": "--backend", "ray_address": "--ray-address", "cpus_per_run": "--cpus-per-run",
+         "ask_first": "--ask-first"}
 
 
 PROG = "python -m rlrm.train_agent"
@@ -86,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--query", choices=("uniform", "disagreement"), default="uniform",
                    help="how queries are chosen: uniform, or where a 3-member ensemble trained on the answers so far "
                    "disagrees most (retrained each round; the agent is paid by the one warm-started model)")
+    f.add_argument("--ask-first", nargs="+", choices=("ends", "top", "none"), default=None,
+                   help="labels: strata asked about before --query fills a round, each at most a quarter of it: "
+                   "ends (transitions that end an episode by termination: a goal, a crash), top (those the current "
+                   "model pays most: where an agent exploiting its errors goes); default both, 'none' for neither")
     f.add_argument("--pretrain-steps", type=int, default=None, help="random-policy transitions before training, "
                    "without --reward-model (labels: each one labeled, default a quarter of the budget; preferences: "
                    "default 1000, a quarter of the budget in pairs asked on them)")
@@ -119,15 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _feedback(args: argparse.Namespace, tasks: Sequence[Any]) -> FeedbackSpec | None:
     """The online feedback loop the flags ask for (checked before anything is created), or ``None``."""
     if args.feedback is None:
-        if args.budget is not None or args.teacher is not None:
-            raise ConfigError("--budget/--teacher: only with --feedback labels")
+        if args.budget is not None or args.teacher is not None or args.ask_first is not None:
+            raise ConfigError("--budget/--teacher/--ask-first: only with --feedback")
         return None
     if args.budget is None:
         raise ConfigError(f"--feedback {args.feedback}: needs --budget N (the most labels the teacher is asked for)")
     if args.reward != "learned":
         raise ConfigError(f"--feedback {args.feedback}: needs a learned reward, not --reward {args.reward}")
+    strata = None if args.ask_first is None else tuple(s for s in args.ask_first if s != "none")
+    if args.ask_first is not None and "none" in args.ask_first and strata:
+        raise ConfigError(f"--ask-first {' '.join(args.ask_first)}: 'none' stands alone")
     spec = FeedbackSpec(args.feedback, args.teacher, args.budget, args.feedback_every, args.query,
-                        args.pretrain_steps, args.feedback_epochs, args.segment_length)
+                        args.pretrain_steps, args.feedback_epochs, args.segment_length, strata)
     for task in tasks:
         check_feedback(spec, task)
     return spec

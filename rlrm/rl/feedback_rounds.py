@@ -6,6 +6,7 @@ it works on is a :class:`FeedbackState`.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ METRICS = ("r2", "mse", "spearman", "epic")
 #: ``--query disagreement``: the scoring ensemble's members, and candidate pairs scored per pair asked
 SCORER_MEMBERS = 3
 PAIR_CANDIDATES = 5
+#: labels: the most of a round's questions each stratum of ``--ask-first`` takes
+STRATUM_SHARE = 0.25
 
 
 class TeacherFailed(LabelError):
@@ -265,14 +268,42 @@ def _scorer(state: FeedbackState, rng: np.random.Generator) -> RewardEnsemble:
 
 def _choose_transitions(state: FeedbackState, cand: TransitionDataset, n: int, rng: np.random.Generator,
                         scorer: RewardEnsemble | None) -> tuple[np.ndarray, dict[str, Any]]:
-    """``n`` candidate rows: uniformly, or the ``n`` the scorer's members disagree on most (std of their rewards)."""
+    """``n`` candidate rows: first the strata ``state.spec.ask_first`` names (:data:`STRATUM_SHARE` of ``n`` each),
+    then uniformly, or the ones the scorer's members disagree on most (std of their rewards).
+
+    ``ends``: the transitions that end an episode by termination (a goal reached, a crash), the rarest and often the
+    only rewarded ones; ``top``: those the current model pays most for, where an agent exploiting the model's
+    errors goes (answers there correct an overpaid state before the agent settles in it)."""
+    free = np.ones(len(cand), bool)
+    taken: dict[str, int] = {}
+    picks: list[np.ndarray] = []
+    share = max(1, math.floor(n * STRATUM_SHARE)) if n > 1 else 0
+    strata = state.spec.ask_first if n < len(cand) and state.spec.ask_first else ()
+    for stratum in strata:
+        room = min(share, n - sum(taken.values()))
+        if room <= 0 or (stratum == "top" and cand.task.name not in state.model.tasks):
+            continue
+        if stratum == "ends":
+            rows = np.flatnonzero(cand.terminated & free)
+            rows = rng.permutation(rows)[:room]
+        else:  # top: the highest current rewards, ties broken at random
+            paid = predict_dataset(state.model, cand)
+            order = rng.permutation(np.flatnonzero(free))
+            rows = order[np.argsort(-paid[order], kind="stable")][:room]
+        free[rows] = False
+        taken[stratum] = len(rows)
+        picks.append(rows)
+    rest, left = np.flatnonzero(free), n - sum(taken.values())
     if scorer is None:
-        return np.sort(rng.choice(len(cand), n, replace=False)), {"method": "uniform", "candidates": len(cand)}
-    std = predict_members(scorer, cand.task.name, cand.obs, cand.action, cand.next_obs, cand.terminated).std(0)
-    order = rng.permutation(len(cand))  # random tie-breaking
-    pick = np.sort(order[np.argsort(-std[order], kind="stable")][:n])
-    return pick, {"method": "disagreement", "candidates": len(cand), "candidate_std": float(std.mean()),
-                  "chosen_std": float(std[pick].mean())}
+        picks.append(rng.choice(rest, left, replace=False))
+        selection: dict[str, Any] = {"method": "uniform", "candidates": len(cand)}
+    else:
+        std = predict_members(scorer, cand.task.name, cand.obs, cand.action, cand.next_obs, cand.terminated).std(0)
+        order = rng.permutation(rest)  # random tie-breaking
+        picks.append(order[np.argsort(-std[order], kind="stable")][:left])
+        selection = {"method": "disagreement", "candidates": len(cand), "candidate_std": float(std.mean()),
+                     "chosen_std": float(std[np.concatenate(picks)].mean())}
+    return np.sort(np.concatenate(picks)), {**selection, **taken}
 
 
 def _choose_pairs(state: FeedbackState, cand: TransitionDataset, n: int, rng: np.random.Generator,
@@ -331,7 +362,8 @@ def _retrain(state: FeedbackState, newest: Newest, spec: RunSpec) -> dict[str, A
     if state.pairs is None:
         if task in state.model.tasks:
             refit_label_scale(state.model, task, state.data.label)
-        result = train_reward_model([state.data], cfg, model=state.model, progress=False)
+        result = train_reward_model([state.data], cfg, model=state.model, progress=False,
+                                    validation={task: validation_rows(state, cfg.val_frac, spec.seed)})
     else:
         result = train_reward_model([], cfg, model=state.model, progress=False,
                                     preferences=[(_preferences(state, state.pairs), state.data)])
@@ -339,6 +371,24 @@ def _retrain(state: FeedbackState, newest: Newest, spec: RunSpec) -> dict[str, A
     info = state.model.head_info(task)
     return {"train_seconds": round(time.perf_counter() - start, 3), "fit": _newest_metrics(state, newest),
             "label_scale": {"mean": info.label_mean, "std": info.label_std}}
+
+
+def validation_rows(state: FeedbackState, share: float, seed: int) -> np.ndarray:
+    """Which of the loop's labeled transitions a retraining validates on: the validation episodes stored with the
+    model (the pretraining's), and ``share`` of the others, drawn per transition by a hash of (seed, episode, step),
+    so a row stays on its side in every round and after a resume. A round spans only an episode or two of the
+    agent's, so splitting by episode would validate on the random pretraining states alone; terminal transitions
+    (often the only rewarded ones) always train."""
+    ds = state.data
+    assert ds is not None
+    stored = (state.model.meta.get("training", {}).get("validation_episodes") or {}).get(ds.task.name) or []
+    salt = np.uint64(((seed + 1) * 0xBF58476D1CE4E5B9) % 2**64)  # (uint64 arrays wrap around; scalars warn)
+    mixed = ds.episode.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ (ds.step.astype(np.uint64) + salt)
+    mixed ^= mixed >> np.uint64(31)
+    mixed *= np.uint64(0x94D049BB133111EB)
+    mixed ^= mixed >> np.uint64(29)
+    drawn = (mixed >> np.uint64(11)).astype(np.float64) / 2.0**53 < share
+    return np.isin(ds.episode, np.asarray(stored, np.int64)) | (drawn & ~ds.terminated)
 
 
 def refit_label_scale(model: RewardModel, task: str, labels_: np.ndarray) -> None:

@@ -52,6 +52,8 @@ from rlrm.wrappers import RewardShaping, VecLearnedReward
 
 #: evaluation envs are seeded apart from the training envs (``seed + EVAL_SEED_OFFSET``)
 EVAL_SEED_OFFSET = 10_000
+#: the strata of a labels round (:attr:`FeedbackSpec.ask_first`), in the order they are filled
+ASK_FIRST = ("ends", "top")
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,9 @@ class FeedbackSpec:
         none with one). Labels: each is asked, so at most the budget.
     :param feedback_epochs: training epochs per retraining (warm start; early stopping may end it sooner).
     :param segment_length: preferences: steps per segment.
+    :param ask_first: labels: strata asked about before the ``query`` rule fills the round, each at most a quarter
+        of it: ``ends`` (transitions that end an episode by termination), ``top`` (those the current model pays
+        most). ``None``: both for labels, none for preferences (which have no strata).
     """
 
     kind: str = "labels"
@@ -83,10 +88,18 @@ class FeedbackSpec:
     pretrain_steps: int | None = None
     feedback_epochs: int = 20
     segment_length: int = 25
+    ask_first: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("labels", "preferences"):
             raise ConfigError(f"feedback {self.kind!r}: expected 'labels' or 'preferences'")
+        strata = (ASK_FIRST if self.kind == "labels" else ()) if self.ask_first is None else tuple(self.ask_first)
+        if any(s not in ASK_FIRST for s in strata) or len(set(strata)) != len(strata):
+            raise ConfigError(f"ask_first {list(strata)}: expected some of {list(ASK_FIRST)}, each once")
+        if strata and self.kind != "labels":
+            raise ConfigError(f"ask_first {list(strata)}: only for scalar labels (--feedback labels); preference "
+                              "rounds have no strata")
+        object.__setattr__(self, "ask_first", strata)
         if self.query not in ("uniform", "disagreement"):
             raise ConfigError(f"query {self.query!r}: expected 'uniform' or 'disagreement'")
         if self.budget == 0 and not isinstance(self.budget, bool):
@@ -111,10 +124,16 @@ class FeedbackSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "teacher": self.teacher, "budget": self.budget,
                 "feedback_every": self.feedback_every, "query": self.query, "pretrain_steps": self.pretrain_steps,
-                "feedback_epochs": self.feedback_epochs, "segment_length": self.segment_length}
+                "feedback_epochs": self.feedback_epochs, "segment_length": self.segment_length,
+                "ask_first": list(self.ask_first or ())}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeedbackSpec:
+        d = dict(d)
+        if "ask_first" in d:
+            d["ask_first"] = tuple(d["ask_first"])
+        else:  # a run recorded before strata existed asked without them
+            d["ask_first"] = ()
         return cls(**d)
 
 

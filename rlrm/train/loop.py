@@ -12,7 +12,7 @@ import copy
 import hashlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -161,7 +161,8 @@ class _Setup:
 def train_reward_model(datasets: Sequence[TransitionDataset], config: TrainConfig | None = None,
                        model: RewardModel | None = None, model_config: ModelConfig | None = None,
                        tracker: Tracker | None = None, progress: bool = True,
-                       preferences: Sequence[tuple[PreferenceDataset, TransitionDataset]] = ()) -> TrainResult:
+                       preferences: Sequence[tuple[PreferenceDataset, TransitionDataset]] = (),
+                       validation: Mapping[str, np.ndarray] | None = None) -> TrainResult:
     """Train (or extend) a reward model on the labeled transitions and segment preferences of one or more tasks.
 
     :param datasets: labeled transitions (regression on the labels), at most one dataset per task.
@@ -171,6 +172,9 @@ def train_reward_model(datasets: Sequence[TransitionDataset], config: TrainConfi
     :param model: an existing model to extend: tasks it lacks get new heads; with
         ``config.freeze_encoder`` only the new heads/stems are trained. A task it has keeps the validation
         episodes stored with it.
+    :param validation: per task of ``datasets``, a boolean mask of its rows held out for validation, instead of
+        the episode split (the online loop holds out a share of each round's transitions: its rounds span one or
+        two episodes).
     :return: a :class:`TrainResult` whose model holds the weights of the best validation epoch.
     """
     cfg = config or TrainConfig()
@@ -184,7 +188,7 @@ def train_reward_model(datasets: Sequence[TransitionDataset], config: TrainConfi
     torch.manual_seed(cfg.seed)
     model = model if model is not None else RewardModel(model_config)
     start = time.perf_counter()
-    setup = _setup(model, datasets, cfg, preferences)
+    setup = _setup(model, datasets, cfg, preferences, validation or {})
     history, best_epoch, t_train = _fit(model, setup, cfg, tracker or NullTracker(), progress)
     for pd in setup.prefs:
         if pd.name not in names:  # preferences alone fix the reward up to shift and scale
@@ -196,7 +200,8 @@ def train_reward_model(datasets: Sequence[TransitionDataset], config: TrainConfi
 
 
 def _setup(model: RewardModel, datasets: Sequence[TransitionDataset], cfg: TrainConfig,
-           preferences: Sequence[tuple[PreferenceDataset, TransitionDataset]] = ()) -> _Setup:
+           preferences: Sequence[tuple[PreferenceDataset, TransitionDataset]] = (),
+           validation: Mapping[str, np.ndarray] | None = None) -> _Setup:
     """Add heads for new tasks, split each dataset, fit what is new (statistics, label scales), build the optimizer."""
     stored = dict(model.meta.get("training", {}).get("validation_episodes") or {})
     everything = [*datasets, *(ds for _, ds in preferences)]
@@ -206,8 +211,9 @@ def _setup(model: RewardModel, datasets: Sequence[TransitionDataset], cfg: Train
         if ds.task.name in new_tasks and ds.task.name not in model.tasks:
             model.add_task(ds.task, ds.obs_space, ds.action_space)
     new_groups = set(model.groups) - groups_before
-    data = [_task_data(model, ds, cfg, stored.get(ds.task.name) if ds.task.name not in new_tasks else None)
-            for ds in datasets]
+    masks = validation or {}
+    data = [_task_data(model, ds, cfg, stored.get(ds.task.name) if ds.task.name not in new_tasks else None,
+                       masks.get(ds.task.name)) for ds in datasets]
     val_of = {d.name: np.unique(d.val.episode) for d in data}
     prefs = [bt.prepare(model, p, ds, _pref_val_episodes(ds, cfg, val_of, stored, new_tasks), cfg.pref_batch)
              for p, ds in preferences]
@@ -245,7 +251,7 @@ def _setup(model: RewardModel, datasets: Sequence[TransitionDataset], cfg: Train
     steps = max(1, math.ceil(sum(len(d.y_train) for d in trained) / cfg.batch_size),
                 *(math.ceil(pd.n_train / cfg.pref_batch) for pd in prefs), cfg.min_epoch_steps)
     val_episodes = {**stored, **{pd.name: np.unique(pd.val_transitions.episode).tolist() for pd in prefs},
-                    **{d.name: np.unique(d.val.episode).tolist() for d in data}}
+                    **{d.name: np.setdiff1d(d.val.episode, d.train.episode).tolist() for d in data}}
     return _Setup(data, trained, opt, steps, torch.Generator().manual_seed(cfg.seed), val_episodes, weighting,
                   prefs)
 
@@ -264,10 +270,15 @@ def _pref_val_episodes(ds: TransitionDataset, cfg: TrainConfig, val_of: dict[str
 
 
 def _task_data(model: RewardModel, ds: TransitionDataset, cfg: TrainConfig,
-               val_episodes: list[int] | None) -> _TaskData:
-    """Split ``ds`` by episode (the stored validation episodes of a task the model has, if the data hold any of
-    them, else by :func:`split_seed`) and compute its features."""
-    in_val = np.isin(ds.episode, np.asarray(val_episodes or [], np.int64))
+               val_episodes: list[int] | None, val_mask: np.ndarray | None = None) -> _TaskData:
+    """Split ``ds`` by ``val_mask`` if given, else by episode (the stored validation episodes of a task the model
+    has, if the data hold any of them, else by :func:`split_seed`), and compute its features."""
+    if val_mask is not None:
+        val_mask = np.asarray(val_mask, bool)
+        if val_mask.shape != (len(ds),):
+            raise ConfigError(f"task {ds.task.name!r}: validation mask of shape {val_mask.shape}, expected "
+                              f"({len(ds)},), one flag per transition")
+    in_val = val_mask if val_mask is not None else np.isin(ds.episode, np.asarray(val_episodes or [], np.int64))
     if in_val.any():
         train, val = ds.subset(~in_val), ds.subset(in_val)
     else:
