@@ -235,3 +235,14 @@ def test_a_ray_worker_that_cannot_see_the_model_file_trains_on_a_checked_copy(tm
     local = _local_model(spec, data)
     assert local.reward_model != spec.reward_model and Path(local.reward_model).read_bytes() == data
     assert file_sha256(local.reward_model) == spec.reward_model_sha256 and local.key() == spec.key()
+
+
+def test_the_ray_control_actor_carries_progress_and_the_stop_flag() -> None:
+    """The one actor of a Ray grid, as a plain object: runs report steps and read the flag in the same call."""
+    from rlrm.rl.ray_backend import _Control
+
+    control = _Control()
+    assert control.report(0, 100) is False and control.report(1, 50) is False
+    control.set_stop()
+    assert control.report(0, 200) is True
+    assert control.steps() == {0: 200, 1: 50}

@@ -10,9 +10,12 @@ Ray is optional (``pip install 'rlrm[ray]'``) and imported only here. What trave
   workers at ``output_dir``: on a cluster that path must be a shared filesystem (NFS, a mounted bucket), as Ray Tune
   asks of its ``storage_path``.
 
-Stopping: the first Ctrl-C sets a flag (a tiny Ray actor) that each run polls about once a second, so running runs
-stop at their next step with a checkpoint; a second one cancels the tasks (Ray raises ``KeyboardInterrupt`` in
-them: they stop at once and keep their last checkpoint).
+Progress and stopping go through one tiny Ray actor (:class:`_Control`; no CPU reserved): each run reports its
+steps to it about once a second and gets the stop flag back in the same call; the driver reads every run's steps
+from it twice a second. The first Ctrl-C sets the flag, so running runs stop at their next step with a checkpoint;
+a second one cancels the tasks (Ray raises ``KeyboardInterrupt`` in them: they stop at once and keep their last
+checkpoint). (One actor rather than a flag actor plus a ``ray.util.queue.Queue``, itself an actor: on a small
+machine each actor is one more process sharing the runs' cores.)
 """
 
 from __future__ import annotations
@@ -104,10 +107,7 @@ def _init(ray: Any, opts: Any) -> None:
 def _run(ray: Any, jobs: Sequence[RunJob], opts: Any, progress: bool, stop: Callable[[], bool],
          on_outcome: Callable[[Outcome], None]) -> list[Outcome]:
     models = {m: ray.put(Path(m).read_bytes()) for m in {j.spec.reward_model for j in jobs if j.spec.reward_model}}
-    flag = ray.remote(num_cpus=0)(_Flag).remote()
-    from ray.util.queue import Queue
-
-    messages = Queue()
+    control = ray.remote(num_cpus=0)(_Control).remote()
     task = ray.remote(_ray_task).options(num_cpus=opts.cpus_per_run, max_retries=0)
     pending, running, outcomes = list(jobs), {}, []
     limit = opts.workers or len(jobs)
@@ -118,15 +118,16 @@ def _run(ray: Any, jobs: Sequence[RunJob], opts: Any, progress: bool, stop: Call
             while pending or running:
                 if stop() and not stopping:
                     stopping = True
-                    ray.get(flag.set.remote())
+                    ray.get(control.set_stop.remote())
                     pending.clear()
                 while pending and len(running) < limit and not stopping:
                     job = pending.pop(0)
-                    ref = task.remote(job, models.get(job.spec.reward_model), flag, messages)
+                    ref = task.remote(job, models.get(job.spec.reward_model), control)
                     running[ref] = job
                     display.started(job.index, job.spec.name, job.spec.agent.n_timesteps)
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
-                _progress(messages, display)
+                for index, steps in ray.get(control.steps.remote()).items():
+                    display.advance(index, steps)
                 for ref in ready:
                     job = running.pop(ref)
                     try:
@@ -148,29 +149,26 @@ def _run(ray: Any, jobs: Sequence[RunJob], opts: Any, progress: bool, stop: Call
     return outcomes
 
 
-def _progress(messages: Any, display: GridProgress) -> None:
-    while not messages.empty():
-        try:
-            _, index, steps, _total = messages.get_nowait()
-        except Exception:
-            return
-        display.advance(index, steps)
-
-
-class _Flag:
-    """The grid's stop request, shared by its tasks (a Ray actor)."""
+class _Control:
+    """The grid's progress and stop request, shared by its tasks (a Ray actor)."""
 
     def __init__(self) -> None:
-        self.value = False
+        self.stop = False
+        self.done: dict[int, int] = {}
 
-    def set(self) -> None:
-        self.value = True
+    def set_stop(self) -> None:
+        self.stop = True
 
-    def get(self) -> bool:
-        return self.value
+    def report(self, index: int, timesteps: int) -> bool:
+        """A run's steps so far; whether it should stop."""
+        self.done[index] = timesteps
+        return self.stop
+
+    def steps(self) -> dict[int, int]:
+        return dict(self.done)
 
 
-def _ray_task(job: RunJob, model: bytes | None, flag: Any, messages: Any) -> Outcome:
+def _ray_task(job: RunJob, model: bytes | None, control: Any) -> Outcome:
     """One run inside a Ray worker."""
     import ray
 
@@ -181,8 +179,7 @@ def _ray_task(job: RunJob, model: bytes | None, flag: Any, messages: Any) -> Out
     requested = {"stop": False}
 
     def progress(index: int, timesteps: int, total: int) -> None:
-        messages.put_nowait(("progress", index, timesteps, total))
-        requested["stop"] = bool(ray.get(flag.get.remote()))
+        requested["stop"] = bool(ray.get(control.report.remote(index, timesteps)))
 
     return run_job(job, progress, lambda: requested["stop"])
 
