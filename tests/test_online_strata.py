@@ -135,3 +135,44 @@ def test_rounds_record_their_strata(tmp_path: Path) -> None:
 def fall_penalty(ds: TransitionDataset) -> np.ndarray:
     """A teacher (``python:test_online_strata:fall_penalty``): -1 for a fall, 1 - |x| otherwise."""
     return np.where(ds.terminated, -1.0, 1.0 - np.abs(ds.obs[:, 0])).astype(np.float32)
+
+
+def test_widening_the_inputs_keeps_the_reward_and_shows_what_was_clipped(cartpole_ds: TransitionDataset) -> None:
+    """A model first trained where ``done`` was never set (and the cart stayed near the centre) cannot tell a fall
+    from the step before it: the flag is clipped to the one value it had. Widening shows it, and positions beyond the
+    first bounds, without changing the reward of any input inside them."""
+    from rlrm.rl.feedback_rounds import FeedbackState as State
+    from rlrm.rl.feedback_rounds import widen_inputs
+
+    ds = _with_terminal_labels(cartpole_ds)
+    first = ds.subset(np.flatnonzero(~ds.terminated))
+    model = train_reward_model([first], CFG, progress=False).model.eval()
+    task, gid = "CartPole-v1", model.tasks["CartPole-v1"].group
+    ends = ds.subset(np.flatnonzero(ds.terminated))
+
+    def paid(d: TransitionDataset, done: np.ndarray | None = None) -> np.ndarray:
+        return model.predict(task, d.obs, d.action, d.next_obs, d.terminated if done is None else done)
+
+    assert np.allclose(paid(ends), paid(ends, np.zeros(len(ends), bool)))  # done is invisible
+    far = ds.subset(np.arange(50))
+    far_obs = far.obs.copy()
+    far_obs[:, 0] = 1e3  # a cart position no bound of the first data allows
+    far = TransitionDataset.from_arrays(ds.task, ds.obs_space, ds.action_space, obs=far_obs, action=far.action,
+                                       next_obs=far.next_obs, terminated=far.terminated, truncated=far.truncated,
+                                       episode=far.episode + 10_000, step=far.step, env_reward=far.env_reward,
+                                       label=far.label, label_source="test")
+    before_first, before_far = paid(first), paid(far)
+    state = State(FeedbackSpec(budget=10), "env", None, model, data=ds)  # type: ignore[arg-type]
+    widened = widen_inputs(state)
+    dim = model.groups[gid].dim
+    assert widened == [dim - 1]  # only the done flag: the rest of the data lies inside the first bounds
+    np.testing.assert_allclose(paid(first), before_first, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(paid(ends), paid(ends, np.zeros(len(ends), bool)))  # a fall is now its own input
+    state.data = far
+    assert 0 in widen_inputs(state)  # obs[0], re-standardized
+    np.testing.assert_allclose(paid(first), before_first, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(paid(far), before_far)
+    fast = model.reward_fn(task)  # the wrappers' NumPy path folds the new standardization in
+    np.testing.assert_allclose(fast(far.obs, far.action, far.next_obs, far.terminated), paid(far), rtol=1e-4,
+                               atol=1e-4)
+    assert widen_inputs(state) == []  # nothing outside the bounds any more

@@ -169,6 +169,40 @@ class RewardModel(nn.Module):
         for name, value in (("mean", mean), ("std", std), ("low", lo), ("high", hi)):
             getattr(self, f"norm_{name}_{gid}").copy_(torch.from_numpy(value.astype(np.float32)))
 
+    def widen_normalization(self, gid: str, features: np.ndarray) -> list[int]:
+        """Let an input group see ``features`` (raw rows, as :meth:`features` gives them) that fall outside its clip
+        bounds: each such feature is re-standardized on these rows (a flag, such as ``done`` never set in the first
+        data, is just unclipped) and the stem's first layer re-expressed, so the network is unchanged for every input
+        inside the old bounds. For a model that keeps learning from new states (the online loop); the first data's
+        bounds would otherwise hide the new region for good. Returns the indices of the widened features."""
+        x = np.asarray(features, np.float64)
+        if not len(x):
+            return []
+        lo_old, hi_old = (t.double().numpy() for t in self.clip_bounds(gid))
+        lo_new, hi_new = x.min(0), x.max(0)
+        outside = (lo_new < lo_old) | (hi_new > hi_old)
+        if not outside.any():
+            return []
+        cont = self.groups[gid].continuous
+        mean_old, std_old = (t.double().numpy() for t in self.normalization(gid))
+        low, high = np.minimum(lo_new, lo_old), np.maximum(hi_new, hi_old)
+        floor = np.maximum(STD_FLOOR * (np.abs(x.mean(0)) + high - low), STD_MIN)
+        mean = np.where(outside & cont, x.mean(0), mean_old)
+        # the new bounds hold the old ones and every row: mean -/+ CLIP * std covers [low, high]
+        cover = np.maximum(mean - low, high - mean) / CLIP
+        std = np.where(outside & cont, np.maximum.reduce([x.std(0), std_old, floor, cover]), std_old)
+        lo = np.where(outside, np.where(cont, mean - CLIP * std, -CLIP), lo_old)
+        hi = np.where(outside, np.where(cont, mean + CLIP * std, CLIP), hi_old)
+        first = self.stems[gid][0]
+        assert isinstance(first, nn.Linear)
+        with torch.no_grad():  # W (x - m) / s + b = W' (x - m') / s' + b'
+            w = first.weight.double()
+            first.bias.add_((w @ torch.from_numpy((mean - mean_old) / std_old)).to(first.bias.dtype))
+            first.weight.mul_(torch.from_numpy(std / std_old).to(first.weight.dtype))
+        for name, value in (("mean", mean), ("std", std), ("low", lo), ("high", hi)):
+            getattr(self, f"norm_{name}_{gid}").copy_(torch.from_numpy(value.astype(np.float32)))
+        return np.flatnonzero(outside).tolist()
+
     def normalization(self, gid: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The (mean, std) of an input group's standardization."""
         return getattr(self, f"norm_mean_{gid}"), getattr(self, f"norm_std_{gid}")

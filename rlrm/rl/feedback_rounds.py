@@ -356,9 +356,13 @@ def _retrain(state: FeedbackState, newest: Newest, spec: RunSpec) -> dict[str, A
     """Retrain on every answer so far (warm start; scalar labels: on a label scale re-estimated from all of them);
     the metrics of the new model on the newest answers, and its label scale."""
     assert state.data is not None
-    cfg = TrainConfig(epochs=state.spec.feedback_epochs, seed=spec.seed + len(state.rounds))
+    # Full learning rate for the existing weights (finetune_lr_scale 1): the loop fits the same task further on the
+    # agent's states; the 0.1x default protects other tasks when a new one is added, which is not the case here,
+    # and at 0.1x a goal label the random data never held was still half-learned after 20 epochs.
+    cfg = TrainConfig(epochs=state.spec.feedback_epochs, seed=spec.seed + len(state.rounds), finetune_lr_scale=1.0)
     start = time.perf_counter()
     task = state.data.task.name
+    widened = widen_inputs(state)
     if state.pairs is None:
         if task in state.model.tasks:
             refit_label_scale(state.model, task, state.data.label)
@@ -370,7 +374,21 @@ def _retrain(state: FeedbackState, newest: Newest, spec: RunSpec) -> dict[str, A
     state.model = result.model
     info = state.model.head_info(task)
     return {"train_seconds": round(time.perf_counter() - start, 3), "fit": _newest_metrics(state, newest),
-            "label_scale": {"mean": info.label_mean, "std": info.label_std}}
+            "label_scale": {"mean": info.label_mean, "std": info.label_std}, "widened_inputs": widened}
+
+
+def widen_inputs(state: FeedbackState) -> list[int]:
+    """Widen the input standardization of the loop's task to every transition answered so far
+    (:meth:`~rlrm.model.network.RewardModel.widen_normalization`): the agent goes where the random pretraining never
+    went (a goal; a ``done`` flag never set), and inputs clipped to the first data's bounds could not tell those states
+    apart. The reward is unchanged inside the old bounds. Returns the widened feature indices."""
+    ds, model = state.data, state.model
+    assert ds is not None
+    task = ds.task.name
+    if task not in model.tasks:
+        return []
+    feats = model.features(task, ds.obs, ds.action, ds.next_obs, ds.terminated)
+    return model.widen_normalization(model.tasks[task].group, feats)
 
 
 def validation_rows(state: FeedbackState, share: float, seed: int) -> np.ndarray:

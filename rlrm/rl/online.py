@@ -53,6 +53,9 @@ from every label so far and the head re-expressed in the new units
 (:func:`~rlrm.rl.feedback_rounds.refit_label_scale`), so the swap alone
 does not change the reward: the agent is paid in the teacher's units throughout, while labels far outside the first
 data's range (a goal bonus never seen by a random policy, or any signal after constant labels) stay learnable.
+Inputs: before each retraining the input standardization is widened to every answered transition
+(:func:`~rlrm.rl.feedback_rounds.widen_inputs`; the reward unchanged inside the old bounds), and retrainings train
+the existing weights at the full learning rate.
 Preferences fix a reward only up to shift and scale: it is standardized (mean 0, std 1 on the answered segments'
 transitions) after each retraining, by :func:`rlrm.train.bradley_terry.standardize`.
 """
