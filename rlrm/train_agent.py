@@ -41,7 +41,8 @@ FLAGS = {"output_dir": "--output-dir", "params": "--params", "reward_model": "--
          "pretrain_steps": "--pretrain-steps", "feedback_epochs": "--feedback-epochs", "query": "--query",
          "teacher": "--teacher", "segment_length": "--segment-length", "workers": "--workers",
          "backend": "--backend", "ray_address": "--ray-address", "cpus_per_run": "--cpus-per-run",
-         "ask_first": "--ask-first"}
+         "ask_first": "--ask-first",
+         "label_transform": "--label-transform"}
 
 
 PROG = "python -m rlrm.train_agent"
@@ -91,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="labels: strata asked about before --query fills a round, each at most a quarter of it: "
                    "ends (transitions that end an episode by termination: a goal, a crash), top (those the current "
                    "model pays most: where an agent exploiting its errors goes); default both, 'none' for neither")
+    f.add_argument("--label-transform", choices=("none", "symlog"), default="none", help="labels: the loop's "
+                   "model fits symlog(label) (a rare large bonus, such as a goal's +100, no longer drowns the small "
+                   "dense rewards around it); a --reward-model keeps its own")
     f.add_argument("--pretrain-steps", type=int, default=None, help="random-policy transitions before training, "
                    "without --reward-model (labels: each one labeled, default a quarter of the budget; preferences: "
                    "default 1000, a quarter of the budget in pairs asked on them)")
@@ -124,8 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _feedback(args: argparse.Namespace, tasks: Sequence[Any]) -> FeedbackSpec | None:
     """The online feedback loop the flags ask for (checked before anything is created), or ``None``."""
     if args.feedback is None:
-        if args.budget is not None or args.teacher is not None or args.ask_first is not None:
-            raise ConfigError("--budget/--teacher/--ask-first: only with --feedback")
+        if (args.budget is not None or args.teacher is not None or args.ask_first is not None
+                or args.label_transform != "none"):
+            raise ConfigError("--budget/--teacher/--ask-first/--label-transform: only with --feedback (train a "
+                              "reward model with python -m rlrm.train_reward --label-transform otherwise)")
         return None
     if args.budget is None:
         raise ConfigError(f"--feedback {args.feedback}: needs --budget N (the most labels the teacher is asked for)")
@@ -135,7 +141,8 @@ def _feedback(args: argparse.Namespace, tasks: Sequence[Any]) -> FeedbackSpec | 
     if args.ask_first is not None and "none" in args.ask_first and strata:
         raise ConfigError(f"--ask-first {' '.join(args.ask_first)}: 'none' stands alone")
     spec = FeedbackSpec(args.feedback, args.teacher, args.budget, args.feedback_every, args.query,
-                        args.pretrain_steps, args.feedback_epochs, args.segment_length, strata)
+                        args.pretrain_steps, args.feedback_epochs, args.segment_length, strata,
+                        args.label_transform)
     for task in tasks:
         check_feedback(spec, task)
     return spec

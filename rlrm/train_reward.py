@@ -9,7 +9,7 @@ from pathlib import Path
 from rlrm import cli
 from rlrm.errors import ConfigError
 from rlrm.model.features import INPUTS
-from rlrm.model.network import ModelConfig
+from rlrm.model.network import LABEL_TRANSFORMS, ModelConfig
 from rlrm.train.job import train_job
 from rlrm.train.loop import SAMPLING, TrainConfig
 from rlrm.train.weighting import TASK_WEIGHTING
@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "2018; the default), equal (summed losses on standardized labels), pcgrad (gradient surgery)")
     p.add_argument("--ensemble", type=int, default=1, metavar="K", help="K members, each on its own bootstrap of "
                    "the episodes, in one model file (its std: uncertainty for train_agent and rlrm.queries)")
+    p.add_argument("--label-transform", choices=LABEL_TRANSFORMS, default="none", help="for the tasks this adds: "
+                   "none, or symlog (heads fit sign(y) log(1 + |y|): a rare large bonus, such as a goal's +100, no "
+                   "longer drowns the small dense rewards around it); not with --ensemble or preferences")
     p.add_argument("--single-task-baselines", action="store_true", help="also train one model per task and report "
                    "per task whether sharing helped or hurt (negative transfer)")
     p.add_argument("--epochs", type=int, default=50)
@@ -77,7 +80,11 @@ def main(args: argparse.Namespace) -> int:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                       val_frac=args.val_frac, seed=args.seed, sampling=args.sampling, patience=args.patience,
                       min_epoch_steps=args.min_epoch_steps, task_weighting=args.task_weighting,
-                      finetune_lr_scale=args.finetune_lr_scale, pref_batch=args.pref_batch)
+                      finetune_lr_scale=args.finetune_lr_scale, pref_batch=args.pref_batch,
+                      label_transform=args.label_transform)
+    if args.label_transform != "none" and args.ensemble > 1:
+        raise ConfigError(f"--label-transform {args.label_transform}: not with --ensemble yet (the ensemble's fast "
+                          "reward path has no symlog output)")
     adapt = "frozen" if args.freeze_encoder else "finetune" if args.finetune else "auto"
     with cli.show_data_warnings(PROG):
         result = train_job(args.data, args.out, cfg, model_config(args), tasks=args.tasks, init=args.init,

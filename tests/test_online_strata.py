@@ -105,7 +105,7 @@ def test_spec_strata() -> None:
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--ask-first", "ends"], "--budget/--teacher/--ask-first: only with --feedback"),
+    (["--ask-first", "ends"], "--budget/--teacher/--ask-first/--label-transform: only with --feedback"),
     (["--feedback", "labels", "--budget", "10", "--ask-first", "none", "top"], "'none' stands alone"),
     (["--feedback", "preferences", "--budget", "10", "--ask-first", "top"], "only for scalar labels"),
 ])

@@ -67,19 +67,50 @@ class ModelConfig:
         self.inputs = [i for i in INPUTS if i in self.inputs]  # canonical order
 
 
+#: how a head's labels are transformed before standardization: ``none``, or ``symlog`` (``sign(y) log(1 + |y|)``,
+#: as DreamerV3 does for rewards): a rare large bonus (a goal's +100) then no longer dwarfs the small dense
+#: rewards around it (an action cost of -0.1 a^2) in the standardized targets, so both are fit
+LABEL_TRANSFORMS = ("none", "symlog")
+
+
+def symlog(y: np.ndarray) -> np.ndarray:
+    """``sign(y) * log(1 + |y|)``, elementwise (float64 in, float64 out for float64)."""
+    return np.sign(y) * np.log1p(np.abs(y))
+
+
+def symexp(y: Any) -> Any:
+    """The inverse of :func:`symlog`: ``sign(y) * (exp(|y|) - 1)``, for NumPy arrays and torch tensors."""
+    if isinstance(y, torch.Tensor):
+        return torch.sign(y) * torch.expm1(torch.abs(y))
+    return np.sign(y) * np.expm1(np.abs(y))
+
+
+def check_label_transform(name: str) -> str:
+    if name not in LABEL_TRANSFORMS:
+        raise ConfigError(f"label_transform {name!r}: expected one of {list(LABEL_TRANSFORMS)}")
+    return name
+
+
 @dataclass
 class TaskHead:
-    """What the model knows of a task: its definition, input group and label scale."""
+    """What the model knows of a task: its definition, input group, label scale and label transform (the head
+    predicts ``(transform(r) - label_mean) / label_std``)."""
 
     task: Task
     group: str
     label_mean: float = 0.0
     label_std: float = 1.0
     info: dict[str, Any] = field(default_factory=dict)
+    label_transform: str = "none"
 
     def to_json(self) -> dict[str, Any]:
         return {"task": self.task.to_dict(), "group": self.group, "label_mean": self.label_mean,
-                "label_std": self.label_std, "info": self.info}
+                "label_std": self.label_std, "info": self.info, "label_transform": self.label_transform}
+
+    def transform(self, labels: np.ndarray) -> np.ndarray:
+        """Labels in the units the head's scale is fit in (float64)."""
+        y = np.asarray(labels, np.float64)
+        return symlog(y) if self.label_transform == "symlog" else y
 
 
 def _block(n_in: int, n_out: int, cfg: ModelConfig) -> list[nn.Module]:
@@ -244,7 +275,8 @@ class RewardModel(nn.Module):
     def forward(self, task: str, features: torch.Tensor) -> torch.Tensor:
         """Differentiable rewards (label units) of feature rows, shape ``(n,)``."""
         info = self.head_info(task)
-        return self.forward_standardized(task, features) * info.label_std + info.label_mean
+        y = self.forward_standardized(task, features) * info.label_std + info.label_mean
+        return symexp(y) if info.label_transform == "symlog" else y
 
     @torch.no_grad()
     def predict(self, task: str, obs: Any, action: Any, next_obs: Any, done: Any) -> np.ndarray:
@@ -264,7 +296,8 @@ class RewardModel(nn.Module):
                                                                       *self.clip_bounds(info.group)))
         return NumpyRewardFn.from_layers(self.groups[info.group], mean, std, low, high,
                                          [*self.stems[info.group], *self.encoder], self.heads[head_key(task)],
-                                         info.label_mean, info.label_std, task, dtype)
+                                         info.label_mean, info.label_std, task, dtype,
+                                         symexp_output=info.label_transform == "symlog")
 
     # ------------------------------------------------------------------ (de)serialization helpers
     def describe(self) -> dict[str, Any]:
@@ -285,6 +318,7 @@ class RewardModel(nn.Module):
                 if head.group != h["group"]:
                     raise ModelFileError(f"task {name!r}: input group {h['group']!r} does not match its spaces")
                 head.label_mean, head.label_std = float(h["label_mean"]), float(h["label_std"])
+                head.label_transform = check_label_transform(str(h.get("label_transform", "none")))
                 head.info = dict(h.get("info") or {})
             model.meta = dict(d.get("meta") or {})
         except (KeyError, TypeError, ValueError, SpaceError, ConfigError) as err:

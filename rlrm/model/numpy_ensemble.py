@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from rlrm.errors import ConfigError
 from rlrm.model.numpy_fn import NumpyRewardFn, _activation, _filler, _relu
 
 _F32 = np.dtype(np.float32)
@@ -105,6 +106,9 @@ class NumpyEnsembleRewardFn:
         :param modules: each member's modules of that path (stem, then encoder), to rebuild the activations and
             the LayerNorms with every member's own parameters.
         """
+        if any(f.symexp_output for f in fns):
+            raise ConfigError(f"task {fns[0].task!r}: an ensemble of models with a symlog label transform has no "
+                              "fast path yet; train its members without --label-transform")
         per_layer = list(zip(*(f.layer_weights for f in fns)))
         weights = [np.stack(ws) for ws in per_layer[:-1]] + [np.stack(per_layer[-1])[:, :, None]]
         posts: list[tuple[list[Any], bool]] = []

@@ -207,8 +207,10 @@ class NumpyRewardFn:
     """
 
     def __init__(self, group: InputGroup, layers: list[tuple[np.ndarray, list[Any], bool]],
-                 bounds: tuple[np.ndarray, np.ndarray], task: str, dtype: np.dtype | str = "float64") -> None:
+                 bounds: tuple[np.ndarray, np.ndarray], task: str, dtype: np.dtype | str = "float64",
+                 symexp_output: bool = False) -> None:
         self.group = group
+        self.symexp_output = symexp_output  # the head predicts symlog rewards (a ``symlog`` label transform)
         self.task = task
         self.observation_space = group.obs_space
         self.action_space = group.action_space
@@ -225,7 +227,7 @@ class NumpyRewardFn:
     @classmethod
     def from_layers(cls, group: InputGroup, mean: np.ndarray, std: np.ndarray, low: np.ndarray, high: np.ndarray,
                     modules: list[nn.Module], head: nn.Linear, label_mean: float, label_std: float, task: str,
-                    dtype: str = "auto") -> NumpyRewardFn:
+                    dtype: str = "auto", symexp_output: bool = False) -> NumpyRewardFn:
         """Copy the weights of one task's path: input standardization ``(clip(x, low, high) - mean) / std``,
         then ``modules`` (Linear layers, activations, LayerNorms), then ``head`` scaled to label units.
 
@@ -253,7 +255,8 @@ class NumpyRewardFn:
         w = head.weight.detach().double().numpy()[0] * label_std
         b = head.bias.detach().double().numpy() * label_std + label_mean
         layers.append((np.concatenate([w, b]), [], False))  # a vector: the head is a matrix-vector product
-        return cls(group, layers, (low, high), task, _choose_dtype(np.where(const, 0.0, mean), std, dtype))
+        return cls(group, layers, (low, high), task, _choose_dtype(np.where(const, 0.0, mean), std, dtype),
+                   symexp_output)
 
     @property
     def layer_weights(self) -> list[np.ndarray]:
@@ -299,6 +302,12 @@ class NumpyRewardFn:
         self._n = n
 
     def __call__(self, obs: Any, action: Any, next_obs: Any, done: Any) -> np.ndarray:
+        if self.symexp_output:
+            y = self._rewards(obs, action, next_obs, done)
+            return (np.sign(y) * np.expm1(np.abs(y))).astype(np.float32, copy=False)
+        return self._rewards(obs, action, next_obs, done)
+
+    def _rewards(self, obs: Any, action: Any, next_obs: Any, done: Any) -> np.ndarray:
         y = self._run(obs, action, next_obs, done)  # None unless the batch fits the current plan's short path
         if y is not None:
             return y

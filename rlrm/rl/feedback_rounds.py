@@ -359,7 +359,8 @@ def _retrain(state: FeedbackState, newest: Newest, spec: RunSpec) -> dict[str, A
     # Full learning rate for the existing weights (finetune_lr_scale 1): the loop fits the same task further on the
     # agent's states; the 0.1x default protects other tasks when a new one is added, which is not the case here,
     # and at 0.1x a goal label the random data never held was still half-learned after 20 epochs.
-    cfg = TrainConfig(epochs=state.spec.feedback_epochs, seed=spec.seed + len(state.rounds), finetune_lr_scale=1.0)
+    cfg = TrainConfig(epochs=state.spec.feedback_epochs, seed=spec.seed + len(state.rounds), finetune_lr_scale=1.0,
+                      label_transform=state.spec.label_transform)
     start = time.perf_counter()
     task = state.data.task.name
     widened = widen_inputs(state)
@@ -415,7 +416,8 @@ def refit_label_scale(model: RewardModel, task: str, labels_: np.ndarray) -> Non
     next training fits change. A head whose labels were constant (``label_std`` 0) becomes the constant, in the new
     units, ready to learn."""
     info = model.head_info(task)
-    mean, std = float(np.mean(labels_, dtype=np.float64)), float(np.std(labels_, dtype=np.float64))
+    fit = info.transform(labels_)  # in the units of the head's label transform
+    mean, std = float(np.mean(fit)), float(np.std(fit))
     if std <= 1e-8:  # still constant: the head stays unused
         model.set_label_scale(task, mean, 0.0)
         return

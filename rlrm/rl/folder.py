@@ -78,6 +78,8 @@ class FeedbackSpec:
     :param ask_first: labels: strata asked about before the ``query`` rule fills the round, each at most a quarter
         of it: ``ends`` (transitions that end an episode by termination), ``top`` (those the current model pays
         most). ``None``: both for labels, none for preferences (which have no strata).
+    :param label_transform: labels, for a model the loop trains itself: ``none`` or ``symlog``
+        (:class:`rlrm.train.loop.TrainConfig`); a starting ``--reward-model`` keeps its own.
     """
 
     kind: str = "labels"
@@ -89,8 +91,14 @@ class FeedbackSpec:
     feedback_epochs: int = 20
     segment_length: int = 25
     ask_first: tuple[str, ...] | None = None
+    label_transform: str = "none"
 
     def __post_init__(self) -> None:
+        if self.label_transform not in ("none", "symlog"):
+            raise ConfigError(f"label_transform {self.label_transform!r}: expected 'none' or 'symlog'")
+        if self.label_transform != "none" and self.kind != "labels":
+            raise ConfigError(f"label_transform {self.label_transform}: only for scalar labels (--feedback labels); "
+                              "preferences fix a reward up to shift and scale")
         if self.kind not in ("labels", "preferences"):
             raise ConfigError(f"feedback {self.kind!r}: expected 'labels' or 'preferences'")
         strata = (ASK_FIRST if self.kind == "labels" else ()) if self.ask_first is None else tuple(self.ask_first)
@@ -125,7 +133,7 @@ class FeedbackSpec:
         return {"kind": self.kind, "teacher": self.teacher, "budget": self.budget,
                 "feedback_every": self.feedback_every, "query": self.query, "pretrain_steps": self.pretrain_steps,
                 "feedback_epochs": self.feedback_epochs, "segment_length": self.segment_length,
-                "ask_first": list(self.ask_first or ())}
+                "ask_first": list(self.ask_first or ()), "label_transform": self.label_transform}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeedbackSpec:

@@ -25,7 +25,7 @@ from rlrm import metrics
 from rlrm.data.dataset import TransitionDataset
 from rlrm.data.preferences import PreferenceDataset
 from rlrm.errors import ConfigError
-from rlrm.model.network import ModelConfig, RewardModel, head_key
+from rlrm.model.network import ModelConfig, RewardModel, check_label_transform, head_key
 from rlrm.tracking import NullTracker, Tracker
 from rlrm.train import bradley_terry as bt
 from rlrm.train.heldout import predict_dataset, task_metrics
@@ -50,6 +50,9 @@ class TrainConfig:
     :param finetune_lr_scale: when extending a trained model without freezing it, its existing weights learn at
         ``lr * finetune_lr_scale`` (new heads and stems at ``lr``), so a few labels adjust the encoder
         rather than overwrite what it learned from the other tasks.
+    :param label_transform: for the tasks this training adds: ``none``, or ``symlog`` (the head fits
+        ``sign(y) log(1 + |y|)``; for rewards with rare large bonuses over small dense terms,
+        :data:`rlrm.model.network.LABEL_TRANSFORMS`). A task the model has keeps its own.
     """
 
     epochs: int = 50
@@ -66,8 +69,10 @@ class TrainConfig:
     task_weighting: str = "uncertainty"
     finetune_lr_scale: float = 0.1
     pref_batch: int = 32
+    label_transform: str = "none"
 
     def __post_init__(self) -> None:
+        check_label_transform(self.label_transform)
         if self.sampling not in SAMPLING:
             raise ConfigError(f"sampling {self.sampling!r}: expected one of {SAMPLING}")
         if self.task_weighting not in TASK_WEIGHTING:
@@ -209,7 +214,12 @@ def _setup(model: RewardModel, datasets: Sequence[TransitionDataset], cfg: Train
     groups_before = set(model.groups)
     for ds in everything:
         if ds.task.name in new_tasks and ds.task.name not in model.tasks:
-            model.add_task(ds.task, ds.obs_space, ds.action_space)
+            model.add_task(ds.task, ds.obs_space, ds.action_space).label_transform = cfg.label_transform
+    for _, ds in preferences:
+        if model.tasks[ds.task.name].label_transform != "none":
+            raise ConfigError(f"task {ds.task.name!r}: preferences fix a reward up to shift and scale, which a "
+                              f"{model.tasks[ds.task.name].label_transform} label transform does not commute with; "
+                              "train preferences without --label-transform")
     new_groups = set(model.groups) - groups_before
     masks = validation or {}
     data = [_task_data(model, ds, cfg, stored.get(ds.task.name) if ds.task.name not in new_tasks else None,
@@ -287,8 +297,9 @@ def _task_data(model: RewardModel, ds: TransitionDataset, cfg: TrainConfig,
         raise ConfigError(f"task {ds.task.name!r}: no training transitions after the validation split")
     feats = [torch.from_numpy(model.features(ds.task.name, d.obs, d.action, d.next_obs, d.terminated))
              for d in (train, val)]
-    return _TaskData(ds.task.name, feats[0], torch.from_numpy(np.asarray(train.label)), feats[1],
-                     torch.from_numpy(np.asarray(val.label)), train, val)
+    head = model.tasks[ds.task.name]  # labels in the units the head is fit in (its label transform)
+    return _TaskData(ds.task.name, feats[0], torch.from_numpy(head.transform(train.label).astype(np.float32)),
+                     feats[1], torch.from_numpy(head.transform(val.label).astype(np.float32)), train, val)
 
 
 def _set_trainable(model: RewardModel, cfg: TrainConfig, new_tasks: list[str], new_groups: set[str]) -> None:
