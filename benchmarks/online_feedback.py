@@ -60,6 +60,7 @@ class Settings:
     mc_timesteps: int = 50_000
     mc_budget: int = 2_000
     mc_true: bool = False
+    mc_symlog: bool = False
     pend_timesteps: int = 10_000
     pend_budget: int = 200
     small_budgets: tuple[int, ...] = ()
@@ -103,8 +104,11 @@ def plan(s: Settings) -> list[Job]:
             for group in ("pend_oracle", "pend_disagreement"):
                 jobs.append(Job(f"{group}_b{budget}_s{k}", f"{group}_b{budget}", PEND, k,
                                 pend + prefs + variants[group] + ("--budget", str(budget))))
-    if s.mc_true:
-        jobs.append(Job(f"mc_true_s{first}", "mc_true", MC, first, (*mc, "--reward", "true")))
+    if s.mc_true:  # the true-reward SAC of every seed: the labels runs' control
+        jobs += [Job(f"mc_true_s{k}", "mc_true", MC, k, (*mc, "--reward", "true")) for k in s.seeds]
+    if s.mc_symlog:  # the labels runs with the loop's model fitting symlog(label)
+        jobs += [Job(f"mc_symlog_s{k}", "mc_symlog", MC, k, (*mc, *labels, "--label-transform", "symlog"))
+                 for k in s.seeds]
     if s.cheetah:
         hc = ("--task", CHEETAH, "--algo", "sac", "-n", str(s.cheetah_timesteps),
               "--eval-freq", str(s.cheetah_timesteps // 5))
@@ -239,7 +243,7 @@ def overhead(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     fixed = {r["seed"]: r for r in runs if r["group"] == "mc_fixed"}
     rows = []
     for r in runs:
-        if r["group"] == "mc_labels":
+        if r["group"] in ("mc_labels", "mc_symlog"):
             f = fixed.get(r["seed"])
             rows.append({"seed": r["seed"], **r["loop"], "train_seconds": r["train_seconds"],
                          "fixed_train_seconds": f["train_seconds"] if f else None,
@@ -373,7 +377,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=list(Settings.seeds))
     p.add_argument("--pend-timesteps", type=int, default=Settings.pend_timesteps)
     p.add_argument("--small-budgets", type=int, nargs="*", default=[], help="Pendulum: smaller query budgets too")
-    p.add_argument("--mc-true", action="store_true", help="MountainCar: a true-reward SAC run on the first seed")
+    p.add_argument("--mc-true", action="store_true", help="MountainCar: a true-reward SAC run per seed")
+    p.add_argument("--mc-symlog", action="store_true", help="MountainCar: labels runs with --label-transform symlog")
     p.add_argument("--cheetah", action="store_true", help="HalfCheetah: oracle preferences + true reward, 1 seed")
     p.add_argument("--cheetah-timesteps", type=int, default=Settings.cheetah_timesteps)
     p.add_argument("--cheetah-budget", type=int, default=Settings.cheetah_budget)
@@ -384,8 +389,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=HERE / "online_feedback")
     args = p.parse_args()
     s = Settings(seeds=tuple(args.seeds), pend_timesteps=args.pend_timesteps, small_budgets=tuple(args.small_budgets),
-                 mc_true=args.mc_true, cheetah=args.cheetah, cheetah_timesteps=args.cheetah_timesteps,
-                 cheetah_budget=args.cheetah_budget)
+                 mc_true=args.mc_true, mc_symlog=args.mc_symlog, cheetah=args.cheetah,
+                 cheetah_timesteps=args.cheetah_timesteps, cheetah_budget=args.cheetah_budget)
     if args.quick:
         s = Settings(seeds=(0,), mc_timesteps=2_000, mc_budget=100, pend_timesteps=1_000, pend_budget=20,
                      eval_episodes=2, random_episodes=5, collect_steps=2_000)
