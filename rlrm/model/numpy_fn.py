@@ -293,6 +293,8 @@ class NumpyRewardFn:
                 relu_layers = None
             src = out
         head = partial(_head, src.dot, self._layers[-1][0], dt != np.float32)
+        if self.symexp_output:  # only then (the general runner: the ReLU one inlines the plain head)
+            head, relu_layers = partial(_symexp_head, head), None
         self._x = x[:, :-1]
         self._ops = tuple(ops)
         self._head = head
@@ -302,12 +304,6 @@ class NumpyRewardFn:
         self._n = n
 
     def __call__(self, obs: Any, action: Any, next_obs: Any, done: Any) -> np.ndarray:
-        if self.symexp_output:
-            y = self._rewards(obs, action, next_obs, done)
-            return (np.sign(y) * np.expm1(np.abs(y))).astype(np.float32, copy=False)
-        return self._rewards(obs, action, next_obs, done)
-
-    def _rewards(self, obs: Any, action: Any, next_obs: Any, done: Any) -> np.ndarray:
         y = self._run(obs, action, next_obs, done)  # None unless the batch fits the current plan's short path
         if y is not None:
             return y
@@ -327,6 +323,12 @@ def _head(h_dot: Callable[[np.ndarray], np.ndarray], w: np.ndarray, cast: bool) 
     """The head: a matrix-vector product, whose output is a fresh array (float32 unless computed in float64)."""
     y = h_dot(w)
     return y.astype(np.float32) if cast else y
+
+
+def _symexp_head(head: Callable[[], np.ndarray]) -> np.ndarray:
+    """The head's output mapped back from symlog units (a ``symlog`` label transform), float32."""
+    y = head()
+    return (np.sign(y) * np.expm1(np.abs(y))).astype(np.float32, copy=False)
 
 
 def _runner(fill: Callable[..., bool], ops: tuple[Callable[[], Any], ...],
