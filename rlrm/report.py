@@ -1,5 +1,6 @@
-"""``python -m rlrm.report RUNS_DIR``: how well do agents trained on a learned reward do on the TRUE reward, and
-does any of them game its reward? For any output folder of ``python -m rlrm.train_agent``.
+"""``python -m rlrm.report RUNS_DIR [RUNS_DIR ...]``: how well do agents trained on a learned reward do on the TRUE
+reward, and does any of them game its reward? For any output folder of ``python -m rlrm.train_agent``, or several
+reported as one grid (runs of separate commands; then ``--out`` is required).
 
 - Normalized score per run: (true return - random policy) / (true-reward agents - random policy), where the
   true-reward agents are those of the same task, algorithm and budget (the mean over their seeds; --pair-seeds:
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rlrm import cli, experiment
+from rlrm.errors import ConfigError
 from rlrm.rl import hacking
 from rlrm.rl.scorecard import ReportOptions, build_report
 
@@ -34,8 +36,10 @@ PROG = "python -m rlrm.report"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs_dir", type=Path, metavar="RUNS_DIR", help="an output folder of python -m rlrm.train_agent")
-    p.add_argument("--out", type=Path, default=None, help="where the report goes (default: RUNS_DIR/report)")
+    p.add_argument("runs_dir", type=Path, nargs="+", metavar="RUNS_DIR",
+                   help="an output folder of python -m rlrm.train_agent (several: one report over all their runs)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="where the report goes (default: RUNS_DIR/report; required with several RUNS_DIR)")
     p.add_argument("--json", action="store_true", help="print report.json instead of the tables")
     p.add_argument("--random-episodes", type=int, default=100,
                    help="episodes of the random policy per task (default 100)")
@@ -50,10 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     cli.allow_typed_env_modules(args.env_module)
-    out = args.out if args.out is not None else args.runs_dir / "report"
+    dirs = list(dict.fromkeys(args.runs_dir))  # a folder named twice is reported once
+    if args.out is None and len(dirs) > 1:
+        raise ConfigError(f"--out: required with several RUNS_DIR ({len(dirs)} given); expected the folder the "
+                          "combined report goes to")
+    out = args.out if args.out is not None else dirs[0] / "report"
     options = ReportOptions(random_episodes=args.random_episodes, seed=args.seed, reps=args.reps,
                             pair_seeds=args.pair_seeds)
-    report = build_report(args.runs_dir, experiment.read_results(args.runs_dir), out, options)
+    report = build_report({d: experiment.read_results(d) for d in dirs}, out, options)
     if args.json:
         print(Path(report["files"]["report"]).read_text(), end="")  # strict JSON: NaN written as null
         return 0

@@ -100,11 +100,21 @@ def iqm(scores: np.ndarray) -> float:
 
 def _bootstrap(groups: Mapping[str, Mapping[str, np.ndarray]], func: Callable[..., np.ndarray], reps: int,
                seed: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """rliable's stratified bootstrap: each group's runs resampled on their own (groups may differ in size)."""
-    with warnings.catch_warnings():  # arch warns that rliable passes a RandomState (it still uses it)
-        warnings.simplefilter("ignore", FutureWarning)
-        return rly.get_interval_estimates({src: list(g.values()) for src, g in groups.items()}, func, reps=reps,
-                                          random_state=np.random.RandomState(seed))
+    """rliable's stratified bootstrap: each group's runs resampled on their own (groups may differ in size).
+
+    rliable 1.2's ``StratifiedBootstrap`` draws its indices from NumPy's *global* generator, whatever
+    ``random_state`` says: the global state is seeded here for the call and put back afterwards, so a report is
+    reproducible from its seed and the caller's random stream is left as it was.
+    """
+    saved = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        with warnings.catch_warnings():  # arch warns that rliable passes a RandomState (it still uses it)
+            warnings.simplefilter("ignore", FutureWarning)
+            return rly.get_interval_estimates({src: list(g.values()) for src, g in groups.items()}, func, reps=reps,
+                                              random_state=np.random.RandomState(seed))
+    finally:
+        np.random.set_state(saved)
 
 
 def interval_estimates(groups: Mapping[str, Mapping[str, np.ndarray]], reps: int = 2000,

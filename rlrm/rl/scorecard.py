@@ -19,7 +19,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -72,21 +72,25 @@ class FoundRun:
 
 
 # --------------------------------------------------------------------------- finding runs
-def find_runs(runs_dir: Path, rows: Sequence[dict[str, Any]]) -> list[FoundRun]:
+def find_runs(runs_dir: Path, rows: Sequence[dict[str, Any]], seen: set[Path] | None = None) -> list[FoundRun]:
     """The finished runs of an output folder: the ``results.json`` rows given, then each finished run folder
     (``<algo>/<task>_<N>/result.json``) they do not list.
 
     A row's ``run_dir`` is looked up where it was written, else under ``runs_dir`` by its algo and folder name (an
     output folder copied from another machine).
 
+    :param seen: run folders already found (resolved paths; updated): skipped, so several output folders that share
+        runs count each run once.
     :raise ConfigError: a row without the fields of a result.
     """
     found: list[FoundRun] = []
-    seen: set[Path] = set()
+    seen = set() if seen is None else seen
     for i, row in enumerate(rows):
         _check_row(row, f"{runs_dir / 'results.json'}: row {i + 1}")
         folder = _locate(runs_dir, row)
         if folder is not None:
+            if folder.path.resolve() in seen:
+                continue
             seen.add(folder.path.resolve())
         found.append(FoundRun(row, folder, _config(folder)))
     keys = {r.get("key") for r in rows if r.get("key")}
@@ -101,6 +105,7 @@ def find_runs(runs_dir: Path, rows: Sequence[dict[str, Any]]) -> list[FoundRun]:
         if not isinstance(row, dict) or (row.get("key") and row["key"] in keys):
             continue
         _check_row(row, str(result))
+        seen.add(folder.path.resolve())
         found.append(FoundRun(row, folder, _config(folder)))
     _label_sources(found)
     return found
@@ -171,20 +176,33 @@ def _task(run: FoundRun) -> Task:
 
 
 # --------------------------------------------------------------------------- the report
-def build_report(runs_dir: Path, rows: Sequence[dict[str, Any]], out: Path,
+def build_report(folders: Mapping[Path, Sequence[dict[str, Any]]], out: Path,
                  options: ReportOptions | None = None) -> dict[str, Any]:
-    """Compute the report of an output folder and write its files into ``out`` (see the module docstring).
+    """Compute the report of one or more output folders and write its files into ``out`` (see the module
+    docstring). Several folders are reported as one grid (e.g. runs of separate commands): a run folder two of them
+    share counts once.
 
-    :param rows: the rows of ``runs_dir/results.json`` (``[]`` if none; finished run folders are found too).
+    :param folders: each output folder with the rows of its ``results.json`` (``[]`` if none; finished run folders
+        are found too).
     :return: the report (also ``out/report.json``).
-    :raise ConfigError: no finished run in ``runs_dir``, or a row that is not a run result.
+    :raise ConfigError: a folder that is not one, no finished run in any of them, or a row that is not a run result.
     """
     options = options or ReportOptions()
-    if not runs_dir.is_dir():
-        raise ConfigError(f"runs_dir {runs_dir}: not a folder")
-    runs = find_runs(runs_dir, rows)
+    if not folders:
+        raise ConfigError("runs_dir: expected at least one output folder of python -m rlrm.train_agent")
+    runs: list[FoundRun] = []
+    seen: set[Path] = set()
+    for runs_dir, rows in folders.items():
+        if not runs_dir.is_dir():
+            raise ConfigError(f"runs_dir {runs_dir}: not a folder")
+        runs += find_runs(runs_dir, rows, seen)
+    if len(folders) > 1:
+        keys: set[str] = set()  # a run copied into two folders (another path, the same key) counts once
+        runs = [r for r in runs if not r.row.get("key") or not (r.row["key"] in keys or keys.add(r.row["key"]))]
+        _label_sources(runs)  # learned rewards told apart across the folders, not within each
+    names = ", ".join(map(str, folders))
     if not runs:
-        raise ConfigError(f"runs_dir {runs_dir}: no finished runs (no rows in results.json and no "
+        raise ConfigError(f"runs_dir {names}: no finished runs (no rows in results.json and no "
                           f"<algo>/<task>_<N>/{RunFolder.RESULT}); expected an output folder of "
                           "python -m rlrm.train_agent")
     try:
@@ -198,7 +216,8 @@ def build_report(runs_dir: Path, rows: Sequence[dict[str, Any]], out: Path,
             s["note"] = f"{random_errors[s['task']]}: no normalized score"
     by_source = quality.scores_by_source(scores)
     report: dict[str, Any] = {
-        "rlrm_version": rlrm.__version__, "runs_dir": str(runs_dir), "runs": len(runs),
+        "rlrm_version": rlrm.__version__, "runs_dir": names, "runs_dirs": [str(d) for d in folders],
+        "runs": len(runs),
         "options": asdict(options),
         "random": {"episodes": options.random_episodes, "seed": options.seed, "mean": randoms,
                    "errors": random_errors},
