@@ -25,6 +25,13 @@ Stages (budgets reduced from the zoo's for a shared 2-core machine; ``--stage NA
     python benchmarks/agent_quality.py --work-dir /tmp/aq                      # collect, train, all stages but mujoco
     python benchmarks/agent_quality.py --work-dir /tmp/aq --stage lunar        # one stage (data/model reused)
     python benchmarks/agent_quality.py --work-dir /tmp/aq --report-only        # report + copy of what is there
+    python benchmarks/agent_quality.py --work-dir /tmp/aq2 --stage mujoco --with-mujoco --out OUT2 \
+        --pool benchmarks/agent_quality/scores.csv    # + IQM / mean over this record's runs AND an earlier one's
+
+``--pool`` pools normalized scores across records (each run normalized within its own record, against the
+true-reward agents of its own task, algorithm and budget), so stages run with different reward models (e.g. one
+trained later with the MuJoCo data added) still give one suite-wide IQM; every learned source counts as
+``learned``. The pooled aggregate goes to ``OUT/pooled.json``.
 
 Run it from a frozen checkout (``git worktree add``) so edits to the repo do not change a running experiment.
 Results (results.json of the runs, the report's scores.csv / report.json / PNGs, label statistics, commands and
@@ -156,6 +163,35 @@ def publish(work: Path, runs_dir: Path, out: Path, meta: dict[str, Any]) -> None
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
+def pool(scores_csvs: list[Path], out: Path, reps: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """IQM / mean with 95% stratified bootstrap intervals (rliable, via :mod:`rlrm.rl.quality`) over the runs of
+    several ``scores.csv`` files: per source (``learned``: any learned reward; ``true``), strata = task · algo ·
+    budget. Written to ``out/pooled.json``; returns it."""
+    import csv
+
+    from rlrm.rl import quality
+
+    rows = []
+    for path in scores_csvs:
+        with path.open(newline="") as f:
+            for r in csv.DictReader(f):
+                score = float(r["normalized_score"]) if r["normalized_score"] not in ("", "nan") else float("nan")
+                rows.append({"source": "true" if r["source"] == "true" else "learned", "normalized_score": score,
+                             "group": quality.group_of(r["task"], r["algo"], int(r["timesteps"])),
+                             "record": str(path)})
+    groups = quality.scores_by_source(rows)
+    result = {"records": [str(p) for p in scores_csvs], "reps": reps, "seed": seed,
+              "aggregate": quality.interval_estimates(groups, reps=reps, seed=seed),
+              "groups": {src: {g: [float(x) for x in v] for g, v in per.items()} for src, per in groups.items()}}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pooled.json").write_text(json.dumps(result, indent=2) + "\n")
+    for src, a in result["aggregate"].items():
+        print(f"pooled {src}: {a['runs']} runs, {a['groups']} groups: IQM {a['iqm']['point']:.3f} "
+              f"[{a['iqm']['low']:.3f}, {a['iqm']['high']:.3f}], mean {a['mean']['point']:.3f} "
+              f"[{a['mean']['low']:.3f}, {a['mean']['high']:.3f}]")
+    return result
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work-dir", type=Path, required=True, help="data, model and run folders")
@@ -165,6 +201,8 @@ def main() -> None:
     p.add_argument("--with-mujoco", action="store_true", help="collect MuJoCo data too (before the model exists)")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--out", type=Path, default=HERE / "agent_quality")
+    p.add_argument("--pool", type=Path, nargs="+", default=[],
+                   help="scores.csv of earlier records to pool with this one (OUT/pooled.json)")
     args = p.parse_args()
     cwd = Path.cwd()
     work, log = args.work_dir.resolve(), []
@@ -181,6 +219,8 @@ def main() -> None:
     meta["label_stats"] = label_stats(data)
     meta["commands"] += log
     publish(work, runs_dir, args.out, meta)
+    if args.pool:
+        pool([*args.pool, args.out / "scores.csv"], args.out)
     print(f"results in {args.out}")
 
 
