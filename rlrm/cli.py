@@ -181,7 +181,9 @@ def print_metrics(out: Path, result: TrainResult) -> None:
     rows = [{"task": t, **m} for t, m in result.metrics.items()]
     extra = [c for c in OPTIONAL_METRIC_COLUMNS if any(c in r for r in rows)]
     adaptation = result.model.meta.get("adaptation")
-    how = (f"new tasks: {adaptation['mode']} encoder" + (" (chosen by validation loss)"
+    mode = "span of earlier heads" if adaptation and adaptation["mode"] == "span" else (
+        f"{adaptation['mode']} encoder" if adaptation else "")
+    how = (f"new tasks: {mode}" + (" (chosen by validation loss)"
                                                          if adaptation["requested"] == "auto" else "")
            + f", validated by {adaptation['validation']}; ") if adaptation else ""
     print_table(f"Reward model {out} (held-out episodes; {how}best epoch {result.best_epoch}/{len(result.history)}; "

@@ -15,8 +15,9 @@ from rlrm.train.loop import SAMPLING, TrainConfig
 from rlrm.train.weighting import TASK_WEIGHTING
 
 PROG = "python -m rlrm.train_reward"
-FLAGS = {"out": "--out", "tasks": "--tasks", "init": "--init", "data": "--data", "adapt": "--freeze-encoder/--finetune",
-         "task_weighting": "--task-weighting", "min_epoch_steps": "--min-epoch-steps",
+FLAGS = {"out": "--out", "tasks": "--tasks", "init": "--init", "data": "--data",
+         "adapt": "--freeze-encoder/--finetune/--span", "task_weighting": "--task-weighting",
+         "min_epoch_steps": "--min-epoch-steps",
          "ensemble": "--ensemble"}
 #: the architecture flags, with their defaults for a new model (None in the parser: so --init can tell they were set)
 ARCHITECTURE = {"encoder": [64, 64], "activation": "relu", "layer_norm": False, "inputs": ",".join(INPUTS)}
@@ -34,13 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", nargs="+", default=[], help="train only these tasks (default: all found)")
     p.add_argument("--out", type=Path, default=Path("models/reward_model.safetensors"))
     p.add_argument("--init", type=Path, default=None, help="extend this model with the tasks it lacks, choosing a "
-                   "frozen encoder or fine-tuning by validation loss (it keeps its architecture, so --encoder/"
-                   "--activation/--layer-norm/--inputs cannot be set with it)")
+                   "frozen encoder, fine-tuning or a combination of earlier heads by validation loss (it keeps its "
+                   "architecture, so --encoder/--activation/--layer-norm/--inputs cannot be set with it)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--freeze-encoder", action="store_true", help="with --init: train only new heads (few-shot); "
                       "earlier heads predict bit-identically")
     mode.add_argument("--finetune", action="store_true", help="with --init: train the whole model (its existing "
                       "weights at lr * --finetune-lr-scale)")
+    mode.add_argument("--span", action="store_true", help="with --init: each new head a linear combination of the "
+                      "earlier heads with the same spaces, fitted in closed form (a new task within a family, from "
+                      "about as many labels as there are earlier heads)")
     p.add_argument("--finetune-lr-scale", type=float, default=0.1)
     p.add_argument("--task-weighting", choices=TASK_WEIGHTING, default="uncertainty",
                    help="how tasks share the encoder's update: uncertainty (learned per-task weights, Kendall et al. "
@@ -85,7 +89,7 @@ def main(args: argparse.Namespace) -> int:
     if args.label_transform != "none" and args.ensemble > 1:
         raise ConfigError(f"--label-transform {args.label_transform}: not with --ensemble yet (the ensemble's fast "
                           "reward path has no symlog output)")
-    adapt = "frozen" if args.freeze_encoder else "finetune" if args.finetune else "auto"
+    adapt = "frozen" if args.freeze_encoder else "finetune" if args.finetune else "span" if args.span else "auto"
     with cli.show_data_warnings(PROG):
         result = train_job(args.data, args.out, cfg, model_config(args), tasks=args.tasks, init=args.init,
                            adapt=adapt, single_task_baselines=args.single_task_baselines,

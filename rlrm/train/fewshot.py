@@ -1,10 +1,15 @@
-"""New tasks on a trained model: a head on the frozen encoder, full fine-tuning, or the better of the two.
+"""New tasks on a trained model: a head on the frozen encoder, full fine-tuning, a combination of earlier heads, or
+the best of them.
 
 - ``frozen``: only the new heads (and stems for new spaces) train; every earlier head predicts bit-identically.
 - ``finetune``: the whole model trains on the given data, its existing weights at
   ``lr * finetune_lr_scale``; earlier heads move with the encoder (how much is reported per head, in
   ``meta["adaptation"]["old_heads"]``). Give the earlier tasks' datasets too to keep them fitted.
-- ``auto``: both, on the same held-out data; the lower validation loss of the new tasks wins.
+- ``span``: each new head is a linear combination of the earlier heads of its input group, fitted in closed form
+  (:mod:`rlrm.train.span`): no training, every earlier head bit-identical; right when the new reward is close to
+  such a combination (a new target within a family's), from about as many labels as there are earlier heads.
+- ``auto``: every mode that applies, on the same held-out data; the lower validation loss of the new tasks wins
+  (``span`` applies when every new task has earlier heads to combine and plain label units).
 
 Held-out data at every N: with at least :data:`CV_BELOW` labeled transitions and :data:`CV_EPISODES` episodes per
 new task, the usual split by episode (with early stopping). Below that, a validation split would be a handful of
@@ -28,10 +33,11 @@ from rlrm.data.dataset import TransitionDataset
 from rlrm.errors import ConfigError
 from rlrm.model.network import RewardModel
 from rlrm.tracking import Tracker
-from rlrm.train.heldout import predict_dataset
+from rlrm.train.heldout import predict_dataset, task_metrics
 from rlrm.train.loop import TrainConfig, TrainResult, split_seed, train_reward_model
+from rlrm.train.span import span_basis, span_model
 
-MODES = ("auto", "frozen", "finetune")
+MODES = ("auto", "frozen", "finetune", "span")
 #: below this many labeled transitions (of the smallest new task) choices are made by cross-validation
 CV_BELOW = 512
 #: ... or fewer episodes than this (a 10% validation split would hold fewer than 5 of them)
@@ -43,7 +49,7 @@ def extend_model(base: RewardModel, datasets: Sequence[TransitionDataset], confi
                  mode: str = "auto", tracker: Tracker | None = None, progress: bool = True) -> TrainResult:
     """Add the tasks of ``datasets`` that ``base`` lacks (see module docstring); ``base`` is not modified.
 
-    :param mode: ``auto``, ``frozen`` or ``finetune``.
+    :param mode: ``auto``, ``frozen``, ``finetune`` or ``span``.
     :return: the result of the chosen mode; ``result.model.meta["adaptation"]`` records the mode, each
         candidate's validation score and how far earlier heads moved.
     """
@@ -53,7 +59,10 @@ def extend_model(base: RewardModel, datasets: Sequence[TransitionDataset], confi
     if not new:
         raise ConfigError(f"every task given already has a head in the model ({', '.join(base.tasks)}); "
                           "frozen, fine-tuned and automatic modes add new tasks")
-    candidates = ["frozen", "finetune"] if mode == "auto" else [mode]
+    spannable = _spannable(base, new, config)
+    if mode == "span" and spannable is not None:
+        raise ConfigError(f"mode span: {spannable}")
+    candidates = (["frozen", "finetune"] + (["span"] if spannable is None else [])) if mode == "auto" else [mode]
     small = cross_validates(new)
     if small:
         oofs = {m: _out_of_fold(base, datasets, new, config, m) for m in candidates}
@@ -66,7 +75,10 @@ def extend_model(base: RewardModel, datasets: Sequence[TransitionDataset], confi
         validation = f"{FOLDS}-fold cross-validation (fewer than {CV_BELOW} labels or {CV_EPISODES} episodes)"
     else:
         results = {m: _train(base, datasets, config, m, tracker, progress) for m in candidates}
-        scores = {m: _val_score(r, new) for m, r in results.items()}
+        scores = {m: _val_score(r, new) for m, r in results.items() if m != "span"}
+        if "span" in results:
+            scores["span"], held = _span_held_out(base, new, config)
+            results["span"].metrics.update(held)
         chosen = min(scores, key=lambda m: scores[m])
         result = results[chosen]
         validation = "held-out episodes"
@@ -83,10 +95,51 @@ def cross_validates(new: Sequence[TransitionDataset]) -> bool:
     return min(len(ds) for ds in new) < CV_BELOW or min(ds.n_episodes for ds in new) < CV_EPISODES
 
 
+def _spannable(base: RewardModel, new: Sequence[TransitionDataset], config: TrainConfig) -> str | None:
+    """``None`` if span applies to every new task, else why not."""
+    if config.label_transform != "none":
+        return f"new heads with label_transform {config.label_transform} are not linear in the earlier heads"
+    for ds in new:
+        if not span_basis(base, ds):
+            return (f"task {ds.task.name!r} has no earlier head to combine (a trained task with the same observation "
+                    "and action spaces, labels in plain units and not constant)")
+    return None
+
+
 def _train(base: RewardModel, datasets: Sequence[TransitionDataset], config: TrainConfig, mode: str,
            tracker: Tracker | None, progress: bool) -> TrainResult:
+    if mode == "span":
+        return _span_result(base, datasets)
     cfg = replace(config, freeze_encoder=mode == "frozen")
     return train_reward_model(datasets, cfg, model=copy.deepcopy(base), tracker=tracker, progress=progress)
+
+
+def _span_result(base: RewardModel, datasets: Sequence[TransitionDataset]) -> TrainResult:
+    """Every new task's head fitted by :func:`rlrm.train.span.span_model` on all its labels; metrics of every task
+    on the given transitions (in-sample: nothing is held out)."""
+    model = base
+    for ds in datasets:
+        if ds.task.name not in base.tasks:
+            model = span_model(model, ds)
+    return TrainResult(model=model, metrics={ds.task.name: {"n_train": len(ds), "n_val": 0, **task_metrics(model, ds),
+                                                            "validation": "in-sample"} for ds in datasets})
+
+
+def _span_held_out(base: RewardModel, new: Sequence[TransitionDataset],
+                   config: TrainConfig) -> tuple[float, dict[str, dict[str, Any]]]:
+    """Span fitted on the training episodes of the split the trained modes validate on: its mean 1 - r2 on the
+    held-out episodes (lower is better) and each new task's held-out metrics."""
+    scores, held = [], {}
+    for ds in new:
+        train, val = ds.split_by_episode(config.val_frac, seed=split_seed(ds.task.name, config.seed))
+        model = span_model(base, train)
+        pred = predict_dataset(model, val)
+        var = float(np.var(val.label))
+        mse = metrics.mse(pred, val.label)
+        scores.append(mse / var if var > 1e-12 else mse)
+        held[ds.task.name] = {"n_train": len(train), "n_val": len(val), **task_metrics(model, val),
+                              "validation": "held-out episodes"}
+    return float(np.mean(scores)), held
 
 
 def _full_budget(config: TrainConfig) -> TrainConfig:

@@ -110,8 +110,8 @@ def train_job(data: Sequence[str | os.PathLike], out: str | os.PathLike, config:
     if adapt not in MODES:
         raise ConfigError(f"adapt {adapt!r}: expected one of {', '.join(MODES)}")
     if init is None and adapt != "auto":
-        raise ConfigError(f"adapt {adapt!r}: a frozen encoder or fine-tuning needs a trained model to start from "
-                          "(init)")
+        raise ConfigError(f"adapt {adapt!r}: a frozen encoder, fine-tuning or a span of earlier heads needs a trained "
+                          "model to start from (init)")
     base = rm.load(init) if init else None
     found = _load(data, tasks) if data or not preferences else []
     datasets = [ds for _, ds in found]
@@ -146,6 +146,10 @@ def _train(datasets: list[TransitionDataset], config: TrainConfig, base: rm.Rewa
            architecture: ModelConfig, adapt: str, tracker: Tracker, progress: bool,
            feedback: Sequence[tuple[PreferenceDataset, TransitionDataset]] = ()) -> TrainResult:
     """A new model; new tasks on ``base`` (:func:`extend_model`); or more training of ``base``'s own tasks."""
+    if adapt == "span" and (feedback or base is None or all(ds.task.name in base.tasks for ds in datasets)):
+        raise ConfigError("adapt span: combines earlier heads into heads for new tasks from scalar labels; expected "
+                          "--init and labeled data of a task the model lacks"
+                          + (", not preferences" if feedback else ""))
     if feedback:
         if base is not None and any(ds.task.name not in base.tasks for _, ds in feedback):
             config = replace(config, freeze_encoder=adapt != "finetune")

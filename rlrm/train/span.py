@@ -1,0 +1,127 @@
+"""A new task's head as a combination of the heads a model already has: few labels fit a few coefficients.
+
+The tasks of a family share dynamics and differ in what they reward. When a new task's reward is close to a linear
+combination of rewards the model already knows (a target between known targets, a goal between known goals), its
+labels only have to pin down ``K + 1`` numbers (one coefficient per earlier head of the same input group, and an
+offset) instead of a new head's ``width + 1`` weights: from ~K labels instead of dozens. Measured on the families
+(benchmarks/RESULTS.md, "label efficiency").
+
+The combination is itself a linear head on the frozen encoder (every earlier head is linear in the shared
+representation ``z``), so the result is an ordinary model file and every earlier head predicts bit-identically::
+
+    r_new(z) = c0 + sum_k c_k r_k(z),   r_k(z) = (z . w_k + b_k) s_k + m_k
+             = z . (sum_k c_k s_k w_k) + sum_k c_k (s_k b_k + m_k) + c0
+
+The coefficients are a ridge regression of the labels on the earlier heads' rewards, its penalty chosen by
+leave-one-out error (closed form). Whether the new task is in that span at all is for the caller's validation to
+say (:func:`rlrm.train.fewshot.extend_model` compares it with a trained head by held-out error).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from rlrm.data.dataset import TransitionDataset
+from rlrm.errors import ConfigError
+from rlrm.model.network import RewardModel, head_key
+from rlrm.train.heldout import predict_dataset
+
+#: ridge penalties tried, relative to the mean squared singular value of the (centered, scaled) basis
+PENALTIES = tuple(float(x) for x in np.logspace(-6, 2, 17))
+
+
+@dataclass(frozen=True)
+class SpanFit:
+    """A new task's reward as ``offset + coef . rewards of basis``, and the penalty leave-one-out chose."""
+
+    basis: tuple[str, ...]
+    coef: np.ndarray
+    offset: float
+    penalty: float
+
+
+def span_basis(model: RewardModel, ds: TransitionDataset) -> tuple[str, ...]:
+    """The earlier tasks whose heads can be combined for ``ds``'s task: same input group (the same spaces, so the
+    same ``z``), labels in plain units (``label_transform`` none; a symlog head is not linear in ``z``) and not
+    constant (``label_std`` > 0)."""
+    probe = copy.deepcopy(model) if ds.task.name not in model.tasks else model
+    if ds.task.name not in probe.tasks:
+        probe.add_task(ds.task, ds.obs_space, ds.action_space)
+    group = probe.tasks[ds.task.name].group
+    return tuple(name for name, h in model.tasks.items() if name != ds.task.name and h.group == group
+                 and h.label_transform == "none" and h.label_std > 0)
+
+
+def basis_rewards(model: RewardModel, ds: TransitionDataset, basis: tuple[str, ...]) -> np.ndarray:
+    """The basis tasks' rewards (label units, float64) on ``ds``'s transitions: shape ``(len(ds), len(basis))``."""
+    return np.stack([predict_dataset(model, _as(ds, name, model)) for name in basis], 1).astype(np.float64)
+
+
+def fit_span(rewards: np.ndarray, labels: np.ndarray, basis: tuple[str, ...]) -> SpanFit:
+    """Ridge regression of ``labels`` on the basis ``rewards`` (columns centered and scaled), its penalty chosen by
+    leave-one-out mean squared error (with fewer than 3 labels: the smallest penalty)."""
+    y = np.asarray(labels, np.float64)
+    if rewards.shape[0] != y.size or y.size == 0:
+        raise ConfigError(f"span: {y.size} labels for {rewards.shape[0]} rows; expected the same, at least one")
+    mean, scale = rewards.mean(0), rewards.std(0)
+    scale = np.where(scale > 1e-12, scale, 1.0)
+    x, ym = (rewards - mean) / scale, y.mean()
+    u, s, vt = np.linalg.svd(x, full_matrices=False)
+    uy = u.T @ (y - ym)
+    unit = float(np.mean(s ** 2)) or 1.0
+    n = y.size
+    best = (np.inf, PENALTIES[0])
+    if n >= 3:
+        for rel in PENALTIES:
+            shrink = s ** 2 / (s ** 2 + rel * unit)
+            fitted = u @ (shrink * uy)
+            leverage = (u ** 2) @ shrink + 1.0 / n  # the offset is fitted too
+            loo = (y - ym - fitted) / np.maximum(1.0 - leverage, 1e-9)
+            err = float(np.mean(loo ** 2))
+            if err < best[0] - 1e-12 * abs(best[0]):
+                best = (err, rel)
+    rel = best[1]
+    coef = (vt.T @ (s / (s ** 2 + rel * unit) * uy)) / scale
+    return SpanFit(basis, coef, float(ym - mean @ coef), rel)
+
+
+def span_model(base: RewardModel, ds: TransitionDataset, fit: SpanFit | None = None) -> RewardModel:
+    """A copy of ``base`` with a head for ``ds``'s task that pays the span fit (fitted on ``ds`` if not given).
+
+    :raise ConfigError: the task already has a head, or no earlier head can be combined (:func:`span_basis`).
+    """
+    if ds.task.name in base.tasks:
+        raise ConfigError(f"task {ds.task.name!r} already has a head in the model; span adds new tasks")
+    if fit is None:
+        basis = span_basis(base, ds)
+        if not basis:
+            raise ConfigError(f"task {ds.task.name!r}: no earlier head to combine (span needs a trained task with the "
+                              "same observation and action spaces and labels in plain units)")
+        fit = fit_span(basis_rewards(base, ds, basis), ds.label, basis)
+    model = copy.deepcopy(base)
+    model.add_task(ds.task, ds.obs_space, ds.action_space)
+    y = np.asarray(ds.label, np.float64)
+    mean, std = float(y.mean()), float(y.std())
+    model.set_label_scale(ds.task.name, mean, std)
+    std = model.tasks[ds.task.name].label_std or 1.0
+    w = np.zeros(base.config.encoder[-1], np.float64)
+    b = fit.offset
+    for c, name in zip(fit.coef.tolist(), fit.basis):
+        info, head = base.tasks[name], base.heads[head_key(name)]
+        w += c * info.label_std * head.weight.detach().double().numpy()[0]
+        b += c * (info.label_std * float(head.bias.detach().double().numpy()[0]) + info.label_mean)
+    new = model.heads[head_key(ds.task.name)]
+    with torch.no_grad():
+        new.weight.copy_(torch.from_numpy(w / std)[None, :].to(new.weight.dtype))
+        new.bias.fill_((b - mean) / std)
+    model.tasks[ds.task.name].info["span"] = {"basis": list(fit.basis), "coef": fit.coef.tolist(),
+                                              "offset": fit.offset, "penalty": fit.penalty}
+    return model
+
+
+def _as(ds: TransitionDataset, name: str, model: RewardModel) -> TransitionDataset:
+    return replace(ds, task=model.tasks[name].task)
