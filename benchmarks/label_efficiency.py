@@ -57,10 +57,11 @@ from rlrm.tasks import Task, load_catalog
 from rlrm.train.fewshot import cross_validates, extend_model
 from rlrm.train.heldout import epic_to_labels, predict_dataset
 from rlrm.train.loop import TrainConfig, train_reward_model
+from rlrm.train.span import span_model
 from rlrm.train.transfer import single_task_comparison
 
 SCRATCH_LRS = (1e-3, 3e-3, 1e-2)
-METHODS = ("frozen", "finetune", "auto", "scratch")
+METHODS = ("frozen", "finetune", "span", "auto", "scratch")
 WEIGHTINGS = ("equal", "uncertainty", "pcgrad")
 TARGET_R2 = 0.95
 TARGET_RATIO = 10.0
@@ -169,6 +170,8 @@ def test_metrics(model: RewardModel, test: TransitionDataset, epic: bool = True)
 def mode_model(base: RewardModel, ds: TransitionDataset, cfg: TrainConfig, mode: str) -> RewardModel:
     """The model ``extend_model(base, [ds], cfg, mode)`` returns, without the cross-validation it runs below
     cross-validated sizes only to report out-of-fold metrics (the final model is the full-budget training)."""
+    if mode == "span":
+        return span_model(base, ds)
     if cross_validates([ds]):
         cfg = replace(cfg, val_frac=0.0, patience=0)
     cfg = replace(cfg, freeze_encoder=mode == "frozen")
@@ -205,7 +208,7 @@ def one_point(base: RewardModel, pool: TransitionDataset, test: TransitionDatase
     chosen = auto.model.meta["adaptation"]["mode"]
     yield {"method": "auto", "lr": cfg.lr, "chosen": chosen, "seconds": time.perf_counter() - t0,
            **test_metrics(auto.model, test)}
-    for mode in ("frozen", "finetune"):
+    for mode in ("frozen", "finetune", "span"):
         t0 = time.perf_counter()
         model = auto.model if mode == chosen else mode_model(base, ds, cfg, mode)
         yield {"method": mode, "lr": cfg.lr, "chosen": "", "seconds": time.perf_counter() - t0,
@@ -346,12 +349,14 @@ def summarize(rows: list[dict[str, Any]], families: Sequence[str], ns: Sequence[
             for n in ns:
                 r2 = bootstrap_ci(seed_means(rows, fam, method, n, "r2"))
                 epic = bootstrap_ci(seed_means(rows, fam, method, n, "epic"))
-                finetune_share = [r["chosen"] == "finetune" for r in rows
-                                  if r["family"] == fam and r["method"] == "auto" and r["n"] == n]
+                chosen = [r["chosen"] for r in rows if r["family"] == fam and r["method"] == "auto" and r["n"] == n]
                 out.append({"family": fam, "method": method, "n": n, "r2": r2[0], "r2_lo": r2[1], "r2_hi": r2[2],
                             "epic": epic[0], "epic_lo": epic[1], "epic_hi": epic[2],
                             "seeds": len(seed_means(rows, fam, method, n, "r2")),
-                            "auto_finetune_share": float(np.mean(finetune_share)) if method == "auto" else None})
+                            "auto_finetune_share": float(np.mean([c == "finetune" for c in chosen]))
+                            if method == "auto" else None,
+                            "auto_span_share": float(np.mean([c == "span" for c in chosen]))
+                            if method == "auto" else None})
     return out
 
 
@@ -402,12 +407,13 @@ def markdown_tables(summary: list[dict[str, Any]], families: Sequence[str], ns: 
         rat = {r["n"]: r for r in ratios(summary, fam, ns)}
         lines += [f"**{fam}**: held-out (test-set) r2 / EPIC, mean over seeds of the mean over held-out tasks, "
                   "[95% bootstrap interval over seeds]", "",
-                  "| N | frozen r2 | finetune r2 | auto r2 (finetune chosen) | scratch r2 | auto EPIC | scratch EPIC "
-                  "| scratch labels for auto's r2 | ratio |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| N | frozen r2 | finetune r2 | span r2 | auto r2 (finetune / span chosen) | scratch r2 | auto EPIC "
+                  "| scratch EPIC | scratch labels for auto's r2 | ratio |", "|---" * 10 + "|"]
         for n in ns:
             a = rows[("auto", n)]
             cells = [fmt_ci(rows[(m, n)]["r2"], rows[(m, n)]["r2_lo"], rows[(m, n)]["r2_hi"]) for m in METHODS]
-            cells[2] += f" ({a['auto_finetune_share']:.0%})"
+            cells[METHODS.index("auto")] += (f" ({a['auto_finetune_share']:.0%} / "
+                                             f"{(a.get('auto_span_share') or 0.0):.0%})")
             s = rows[("scratch", n)]
             need = rat[n]["scratch_labels"]
             ratio = f"{rat[n]['ratio']:.1f}x" if np.isfinite(rat[n]["ratio"]) else f"> {ns[-1] / n:.0f}x"
