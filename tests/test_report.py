@@ -213,6 +213,25 @@ def test_several_output_folders_are_reported_as_one_grid(runs: Path, report: dic
     assert "--out: required with several RUNS_DIR (2 given)" in line
 
 
+def test_learned_rewards_that_differ_only_in_loop_settings_are_told_apart() -> None:
+    """Online-feedback runs have no model file: two loops alike but for one setting (symlog labels or not) are two
+    sources, named by that setting, and runs of one loop stay one source."""
+    from rlrm.rl.scorecard import FoundRun, _label_sources
+
+    def run(seed: int, transform: str | None) -> FoundRun:
+        feedback = {"kind": "labels", "budget": 2000, "teacher": None, "query": "uniform"}
+        if transform is not None:
+            feedback["label_transform"] = transform
+        row = {"task": "MountainCarContinuous-v0", "algo": "sac", "seed": seed, "reward": "learned",
+               "timesteps": 50_000, "true_mean": 0.0}
+        return FoundRun(row, None, {"reward_model": None, "reward_model_sha256": None, "feedback": feedback})
+
+    runs = [run(0, None), run(1, None), run(0, "symlog"), run(1, "symlog")]
+    _label_sources(runs)
+    assert runs[0].source == runs[1].source != runs[2].source == runs[3].source
+    assert runs[0].source.endswith("label_transform=None)") and runs[2].source.endswith("label_transform=symlog)")
+
+
 # --------------------------------------------------------------------------- bad input
 def _one_line_error(rc: int, out: str, err: str) -> str:
     assert rc == 2 and out == ""

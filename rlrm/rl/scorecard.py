@@ -16,6 +16,7 @@ It reads an output folder and writes only into the report folder::
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -149,11 +150,29 @@ def _label_sources(runs: Sequence[FoundRun]) -> None:
         else:
             learned.setdefault(signature(run), []).append(run)
     labels = {sig: _describe(group[0].config or {}) for sig, group in learned.items()}
-    if len(set(labels.values())) < len(labels):  # same file names and settings: tell them apart by the digest
-        labels = {sig: f"{label} #{str(json.loads(sig)[0])[:8]}" for sig, label in labels.items()}
+    if len(set(labels.values())) < len(labels):  # alike in words: name the feedback settings that differ
+        differ = _differing_feedback_keys([json.loads(sig)[1] for sig in learned])
+        labels = {sig: _with_settings(label, json.loads(sig)[1], differ) for sig, label in labels.items()}
+    if len(set(labels.values())) < len(labels):  # still alike: the model file's digest, else the settings' own
+        labels = {sig: f"{label} #{str(json.loads(sig)[0] or hashlib.sha256(sig.encode()).hexdigest())[:8]}"
+                  for sig, label in labels.items()}
     for sig, group in learned.items():
         for run in group:
             run.source = "learned" if len(learned) == 1 else labels[sig]
+
+
+def _differing_feedback_keys(specs: Sequence[Any]) -> list[str]:
+    """The feedback-loop settings whose values differ among ``specs`` (dicts, or None for runs without a loop)."""
+    dicts = [d for d in specs if isinstance(d, dict)]
+    keys = sorted({k for d in dicts for k in d})
+    return [k for k in keys if len({json.dumps(d.get(k), sort_keys=True) for d in dicts}) > 1]
+
+
+def _with_settings(label: str, spec: Any, keys: Sequence[str]) -> str:
+    if not isinstance(spec, dict) or not keys:
+        return label
+    settings = "; ".join(f"{k}={spec.get(k)}" for k in keys)
+    return f"{label[:-1]}; {settings})" if label.endswith(")") else f"{label} ({settings})"
 
 
 def _describe(cfg: dict[str, Any]) -> str:
