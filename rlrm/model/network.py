@@ -147,8 +147,7 @@ class RewardModel(nn.Module):
         """Add a head for ``task`` (and an input group + stem if its spaces are new); returns the head info."""
         if task.name in self.tasks:
             raise ConfigError(f"the model already has a head for task {task.name!r}")
-        probe = InputGroup("?", obs_space, action_space, self.config.inputs)
-        gid = next((g.id for g in self.groups.values() if g.signature == probe.signature), None)
+        gid = self.group_for(obs_space, action_space)
         if gid is None:
             gid = f"g{len(self.groups)}"
             group = InputGroup(gid, obs_space, action_space, self.config.inputs)
@@ -162,6 +161,11 @@ class RewardModel(nn.Module):
         self.tasks[task.name] = head
         self.heads[head_key(task.name)] = nn.Linear(self.config.encoder[-1], 1)
         return head
+
+    def group_for(self, obs_space: spaces.Space, action_space: spaces.Space) -> str | None:
+        """The id of the input group that takes these spaces (a task with them shares its stem), if any."""
+        probe = InputGroup("?", obs_space, action_space, self.config.inputs)
+        return next((g.id for g in self.groups.values() if g.signature == probe.signature), None)
 
     def group_of(self, task: str) -> InputGroup:
         """The input group (adapters) a task uses."""

@@ -48,10 +48,7 @@ def span_basis(model: RewardModel, ds: TransitionDataset) -> tuple[str, ...]:
     """The earlier tasks whose heads can be combined for ``ds``'s task: same input group (the same spaces, so the
     same ``z``), labels in plain units (``label_transform`` none; a symlog head is not linear in ``z``) and not
     constant (``label_std`` > 0)."""
-    probe = copy.deepcopy(model) if ds.task.name not in model.tasks else model
-    if ds.task.name not in probe.tasks:
-        probe.add_task(ds.task, ds.obs_space, ds.action_space)
-    group = probe.tasks[ds.task.name].group
+    group = model.group_for(ds.obs_space, ds.action_space)
     return tuple(name for name, h in model.tasks.items() if name != ds.task.name and h.group == group
                  and h.label_transform == "none" and h.label_std > 0)
 
