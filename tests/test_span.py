@@ -20,7 +20,7 @@ from rlrm.tasks import Task
 from rlrm.train import TrainConfig, train_reward_model
 from rlrm.train.fewshot import extend_model
 from rlrm.train.heldout import predict_dataset
-from rlrm.train.span import basis_rewards, fit_span, span_basis, span_model
+from rlrm.train.span import PENALTIES, basis_rewards, fit_span, span_basis, span_model
 
 SMALL = ModelConfig(encoder=[32, 32])
 
@@ -78,8 +78,12 @@ def test_the_fit_recovers_exact_coefficients_and_finds_nothing_in_noise(base, mi
     assert exact.penalty <= 1e-4 and exact.coef == pytest.approx([0.3, 0.7], abs=1e-4)
     noise = fit_span(rewards, np.random.default_rng(2).normal(size=len(few)), basis)
     assert np.abs(noise.coef).max() < 0.2  # labels unrelated to the basis: next to nothing is taken from it
-    few_two = fit_span(rewards[:2], few.label[:2], basis)  # too few for leave-one-out: the smallest penalty
-    assert few_two.penalty == min(fit_span.__globals__["PENALTIES"])
+    few_two = fit_span(rewards[:2], few.label[:2], basis)  # too few for leave-one-out: a middle penalty
+    assert few_two.penalty == 1.0
+    # as many labels as unknowns (2 coefficients + offset): a weak penalty interpolates, and leave-one-out is 0/0
+    # there; such penalties are skipped (an interpolating fit of noise had been chosen: r2 0.02 on PointGoal)
+    three = fit_span(rewards[:3], np.random.default_rng(3).normal(size=3), basis)
+    assert three.penalty > min(PENALTIES) and np.isfinite(three.coef).all()
 
 
 def test_auto_scores_span_beside_the_trained_modes_and_takes_it_for_a_task_in_the_span(base, mixed):

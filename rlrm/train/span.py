@@ -60,7 +60,10 @@ def basis_rewards(model: RewardModel, ds: TransitionDataset, basis: tuple[str, .
 
 def fit_span(rewards: np.ndarray, labels: np.ndarray, basis: tuple[str, ...]) -> SpanFit:
     """Ridge regression of ``labels`` on the basis ``rewards`` (columns centered and scaled), its penalty chosen by
-    leave-one-out mean squared error (with fewer than 3 labels: the smallest penalty)."""
+    leave-one-out mean squared error. A penalty under which the fit interpolates (about as many labels as heads:
+    every leverage ~1) has no leave-one-out estimate and is not chosen; with fewer than 3 labels, or none left, the
+    penalty is the largest that still fits: the mean squared singular value (shrinking each direction by at most
+    half on average)."""
     y = np.asarray(labels, np.float64)
     if rewards.shape[0] != y.size or y.size == 0:
         raise ConfigError(f"span: {y.size} labels for {rewards.shape[0]} rows; expected the same, at least one")
@@ -71,15 +74,17 @@ def fit_span(rewards: np.ndarray, labels: np.ndarray, basis: tuple[str, ...]) ->
     uy = u.T @ (y - ym)
     unit = float(np.mean(s ** 2)) or 1.0
     n = y.size
-    best = (np.inf, PENALTIES[0])
+    best = (np.inf, 1.0)
     if n >= 3:
         for rel in PENALTIES:
             shrink = s ** 2 / (s ** 2 + rel * unit)
             fitted = u @ (shrink * uy)
             leverage = (u ** 2) @ shrink + 1.0 / n  # the offset is fitted too
-            loo = (y - ym - fitted) / np.maximum(1.0 - leverage, 1e-9)
+            if np.any(1.0 - leverage < 1e-6):  # interpolates (about as many labels as heads): 0/0, no estimate
+                continue
+            loo = (y - ym - fitted) / (1.0 - leverage)
             err = float(np.mean(loo ** 2))
-            if err < best[0] - 1e-12 * abs(best[0]):
+            if err < best[0] * (1.0 - 1e-12):  # ties (exact labels: all ~0) keep the weaker penalty
                 best = (err, rel)
     rel = best[1]
     coef = (vt.T @ (s / (s ** 2 + rel * unit) * uy)) / scale
