@@ -176,3 +176,27 @@ def test_widening_the_inputs_keeps_the_reward_and_shows_what_was_clipped(cartpol
     np.testing.assert_allclose(fast(far.obs, far.action, far.next_obs, far.terminated), paid(far), rtol=1e-4,
                                atol=1e-4)
     assert widen_inputs(state) == []  # nothing outside the bounds any more
+
+
+def test_the_loops_first_model_depends_on_the_seed_alone():
+    """torch seeds its default generator per process; the loop's first model must not: the same seed gives the same
+    weights in two processes (a run is reproducible), another seed others, and the caller's random stream is kept."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from rlrm.rl.online import fresh_model
+
+    code = ("from rlrm.rl.online import fresh_model; import torch; "
+            "print(repr(sum(float(p.detach().double().sum()) for p in fresh_model({}).parameters())))")
+    sums = [subprocess.run([sys.executable, "-c", code.format(seed)], capture_output=True, text=True, check=True)
+            .stdout.strip() for seed in (4, 4, 5)]
+    assert sums[0] == sums[1] != sums[2]
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = fresh_model(4)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(999)
+    b = fresh_model(4)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

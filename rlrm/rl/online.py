@@ -69,6 +69,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
@@ -204,7 +205,7 @@ def start_feedback(spec: RunSpec, folder: RunFolder, progress: bool = False) -> 
     if model is not None and not isinstance(model, RewardModel):
         raise ConfigError(f"{spec.reward_model}: an ensemble reward model cannot be retrained online yet; give a "
                           "single model")
-    state = FeedbackState(fb, _teacher(spec), files, model if model is not None else RewardModel(),
+    state = FeedbackState(fb, _teacher(spec), files, model if model is not None else fresh_model(spec.seed),
                           labeler=spec.task.labeler if fb.kind == "preferences" else None)
     rewrite_log(files.queries, [])  # without feedback.json nothing logged counts (a pending round is asked again)
     n = fb.pretrain_for(model is not None)
@@ -231,6 +232,19 @@ def start_feedback(spec: RunSpec, folder: RunFolder, progress: bool = False) -> 
     except TeacherFailed as err:
         raise TeacherFailed(f"{err}; continue with --resume once it answers") from None
     return state
+
+
+def fresh_model(seed: int) -> RewardModel:
+    """A new reward model whose initial weights depend on ``seed`` alone.
+
+    torch seeds its default generator differently in every process, and the loop's first model is built before any
+    training seeds it: two runs of one command started from different weights, so the loop was not reproducible
+    (Pendulum, 25 queries, seed 1: true return −246.8 in one run, −375.3 in the next). The caller's random stream is
+    left as it was.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return RewardModel()
 
 
 def _feedback_of(spec: RunSpec) -> FeedbackSpec:
