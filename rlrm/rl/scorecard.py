@@ -216,8 +216,14 @@ def build_report(folders: Mapping[Path, Sequence[dict[str, Any]]], out: Path,
             raise ConfigError(f"runs_dir {runs_dir}: not a folder")
         runs += find_runs(runs_dir, rows, seen)
     if len(folders) > 1:
-        keys: set[str] = set()  # a run copied into two folders (another path, the same key) counts once
-        runs = [r for r in runs if not r.row.get("key") or not (r.row["key"] in keys or keys.add(r.row["key"]))]
+        unique, keys = [], set()  # a run copied into two folders (another path, the same key) counts once
+        for r in runs:
+            key = r.row.get("key")
+            if key and key in keys:
+                continue
+            keys.add(key)
+            unique.append(r)
+        runs = unique
         _label_sources(runs)  # learned rewards told apart across the folders, not within each
     names = ", ".join(map(str, folders))
     if not runs:

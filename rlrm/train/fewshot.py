@@ -58,7 +58,7 @@ def extend_model(base: RewardModel, datasets: Sequence[TransitionDataset], confi
     new = [ds for ds in datasets if ds.task.name not in base.tasks]
     if not new:
         raise ConfigError(f"every task given already has a head in the model ({', '.join(base.tasks)}); "
-                          "frozen, fine-tuned and automatic modes add new tasks")
+                          "frozen, fine-tuned, span and automatic modes add new tasks")
     spannable = _spannable(base, new, config)
     if mode == "span" and spannable is not None:
         raise ConfigError(f"mode span: {spannable}")
@@ -117,12 +117,18 @@ def _train(base: RewardModel, datasets: Sequence[TransitionDataset], config: Tra
 def _span_result(base: RewardModel, datasets: Sequence[TransitionDataset]) -> TrainResult:
     """Every new task's head fitted by :func:`rlrm.train.span.span_model` on all its labels; metrics of every task
     on the given transitions (in-sample: nothing is held out)."""
+    model = _span_model(base, datasets)
+    return TrainResult(model=model, metrics={ds.task.name: {"n_train": len(ds), "n_val": 0, **task_metrics(model, ds),
+                                                            "validation": "in-sample"} for ds in datasets})
+
+
+def _span_model(base: RewardModel, datasets: Sequence[TransitionDataset]) -> RewardModel:
+    """``base`` with a span head for every task of ``datasets`` it lacks."""
     model = base
     for ds in datasets:
         if ds.task.name not in base.tasks:
             model = span_model(model, ds)
-    return TrainResult(model=model, metrics={ds.task.name: {"n_train": len(ds), "n_val": 0, **task_metrics(model, ds),
-                                                            "validation": "in-sample"} for ds in datasets})
+    return model
 
 
 def _span_held_out(base: RewardModel, new: Sequence[TransitionDataset],
@@ -133,10 +139,7 @@ def _span_held_out(base: RewardModel, new: Sequence[TransitionDataset],
     for ds in new:
         train, val = ds.split_by_episode(config.val_frac, seed=split_seed(ds.task.name, config.seed))
         model = span_model(base, train)
-        pred = predict_dataset(model, val)
-        var = float(np.var(val.label))
-        mse = metrics.mse(pred, val.label)
-        scores.append(mse / var if var > 1e-12 else mse)
+        scores.append(_cv_score({ds.task.name: predict_dataset(model, val)}, [val]))
         held[ds.task.name] = {"n_train": len(train), "n_val": len(val), **task_metrics(model, val),
                               "validation": "held-out episodes"}
     return float(np.mean(scores)), held
@@ -174,7 +177,8 @@ def _out_of_fold(base: RewardModel, datasets: Sequence[TransitionDataset], new: 
     pred = {ds.task.name: np.zeros(len(ds), np.float64) for ds in new}
     for k in range(FOLDS):
         train_sets = [ds.subset(fold_ids[ds.task.name] != k) if ds.task.name in fold_ids else ds for ds in datasets]
-        model = _train(base, train_sets, _full_budget(config), mode, None, False).model
+        model = (_span_model(base, train_sets) if mode == "span"  # predictions only: no metrics per fold
+                 else _train(base, train_sets, _full_budget(config), mode, None, False).model)
         for ds in new:
             held = fold_ids[ds.task.name] == k
             if held.any():
