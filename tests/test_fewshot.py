@@ -17,7 +17,7 @@ from rlrm.data.dataset import TransitionDataset
 from rlrm.model.network import ModelConfig
 from rlrm.tasks import Task
 from rlrm.train import TrainConfig, train_reward_model
-from rlrm.train.fewshot import extend_model, folds
+from rlrm.train.fewshot import SIMPLEST_FIRST, extend_model, folds, one_standard_error_choice
 from rlrm.train.heldout import predict_dataset, task_metrics
 from rlrm.train.weighting import PCGrad
 
@@ -83,11 +83,26 @@ def test_auto_choice_scores_both_by_cross_validation_and_learns_from_64_labels(p
     result = extend_model(pretrained, [few], FAST, "auto", progress=False)
     adaptation = result.model.meta["adaptation"]
     assert set(adaptation["scores"]) == {"frozen", "finetune", "span"}  # span: the two heads share the spaces
-    assert adaptation["mode"] == min(adaptation["scores"], key=adaptation["scores"].get)
+    # the one-standard-error rule: the simplest mode within one standard error of the best score
+    best = min(adaptation["scores"], key=adaptation["scores"].get)
+    limit = adaptation["scores"][best] + adaptation["standard_errors"][best]
+    assert adaptation["mode"] == next(m for m in SIMPLEST_FIRST if adaptation["scores"][m] <= limit)
     assert "cross-validation" in adaptation["validation"]
     # out-of-fold metrics cover every label; the model itself trained on all 64
     assert result.metrics["Pendulum-v1/right"]["n_val"] == 64
     assert task_metrics(result.model, test)["r2"] > 0.8
+
+
+def test_one_standard_error_rule_prefers_the_simplest_mode_within_the_noise():
+    finetune = np.array([0.02, 0.30, 0.05, 0.25, 0.01, 0.20, 0.03, 0.14])  # mean 0.125, standard error 0.04
+    noisy = {"finetune": finetune, "frozen": finetune[::-1] + 0.01, "span": finetune + 0.03}
+    assert min(noisy, key=lambda m: noisy[m].mean()) != "span"  # the plain minimum would not pick span...
+    assert one_standard_error_choice(noisy) == "span"  # ...but its score is within the best one's noise
+    # a mode clearly worse than the best (a reward its basis cannot express) is not chosen for being simple
+    clear = {"finetune": np.linspace(0.04, 0.06, 8), "frozen": np.full(8, 0.2),
+             "span": np.full(8, 0.9)}
+    assert one_standard_error_choice(clear) == "finetune"
+    assert one_standard_error_choice({"frozen": np.array([0.3, 0.5]), "finetune": np.array([0.1, 0.2])}) == "finetune"
 
 
 def test_folds_use_whole_episodes_when_there_are_enough(right_data):

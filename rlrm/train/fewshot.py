@@ -9,7 +9,11 @@ the best of them.
   (:mod:`rlrm.train.span`): no training, every earlier head bit-identical; right when the new reward is close to
   such a combination (a new target within a family's), from about as many labels as there are earlier heads.
 - ``auto``: every mode that applies, on the same held-out data; the lower validation loss of the new tasks wins
-  (``span`` applies when every new task has earlier heads to combine and plain label units).
+  (``span`` applies when every new task has earlier heads to combine and plain label units). Under cross-validation
+  (few labels, below) the choice follows the one-standard-error rule (Hastie et al., *Elements of Statistical
+  Learning*, 7.10): the simplest mode whose score is within one standard error of the best one's, simplest first
+  in :data:`SIMPLEST_FIRST`. On 4-8 labels the scores of the modes differ by less than their noise, and picking
+  the minimum then chose a trained head in a third of the runs where ``span`` was better (benchmarks/RESULTS.md).
 
 Held-out data at every N: with at least :data:`CV_BELOW` labeled transitions and :data:`CV_EPISODES` episodes per
 new task, the usual split by episode (with early stopping). Below that, a validation split would be a handful of
@@ -43,6 +47,8 @@ CV_BELOW = 512
 #: ... or fewer episodes than this (a 10% validation split would hold fewer than 5 of them)
 CV_EPISODES = 50
 FOLDS = 4
+#: fewest fitted parameters first: a combination of earlier heads, a new head, the whole model
+SIMPLEST_FIRST = ("span", "frozen", "finetune")
 
 
 def extend_model(base: RewardModel, datasets: Sequence[TransitionDataset], config: TrainConfig,
@@ -66,8 +72,11 @@ def extend_model(base: RewardModel, datasets: Sequence[TransitionDataset], confi
     small = cross_validates(new)
     if small:
         oofs = {m: _out_of_fold(base, datasets, new, config, m) for m in candidates}
-        scores = {m: _cv_score(oof, new) for m, oof in oofs.items()}
-        chosen = min(scores, key=lambda m: scores[m])
+        errors = {m: _cv_errors(oof, new) for m, oof in oofs.items()}
+        scores = {m: float(np.mean(e)) for m, e in errors.items()}
+        chosen = one_standard_error_choice(errors)
+        spread: dict[str, Any] = {"standard_errors": {m: _standard_error(e) for m, e in errors.items()},
+                  "rule": "simplest within one standard error of the best"}
         result = _train(base, datasets, _full_budget(config), chosen, tracker, progress)
         for ds in new:
             result.metrics[ds.task.name].update(_metrics_from(oofs[chosen][ds.task.name], ds),
@@ -81,10 +90,13 @@ def extend_model(base: RewardModel, datasets: Sequence[TransitionDataset], confi
             results["span"].metrics.update(held)
         chosen = min(scores, key=lambda m: scores[m])
         result = results[chosen]
+        spread = {"rule": "lowest validation loss"}
         validation = "held-out episodes"
     result.model.meta["adaptation"] = {
         "mode": chosen, "requested": mode, "validation": validation,
-        "scores": {m: float(s) for m, s in scores.items()}, "new_tasks": [ds.task.name for ds in new],
+        "scores": {m: float(s) for m, s in scores.items()},
+        **spread,
+        "new_tasks": [ds.task.name for ds in new],
         "old_heads": old_head_changes(base, result.model, datasets)}
     result.model.meta["metrics"] = result.metrics
     return result
@@ -188,12 +200,33 @@ def _out_of_fold(base: RewardModel, datasets: Sequence[TransitionDataset], new: 
 
 def _cv_score(oof: dict[str, np.ndarray], new: Sequence[TransitionDataset]) -> float:
     """Mean over new tasks of out-of-fold mse / label variance (1 - r2); lower is better."""
-    scores = []
+    return float(np.mean(_cv_errors(oof, new)))
+
+
+def _cv_errors(oof: dict[str, np.ndarray], new: Sequence[TransitionDataset]) -> np.ndarray:
+    """Per transition, its squared out-of-fold error over its task's label variance, weighted so that every new task
+    counts equally: the mean is :func:`_cv_score`."""
+    parts = []
     for ds in new:
         var = float(np.var(ds.label))
-        mse = metrics.mse(oof[ds.task.name], ds.label)
-        scores.append(mse / var if var > 1e-12 else mse)
-    return float(np.mean(scores))
+        err = (np.asarray(oof[ds.task.name], np.float64) - ds.label) ** 2
+        parts.append(err / (var if var > 1e-12 else 1.0) * (sum(len(d) for d in new) / (len(new) * len(ds))))
+    return np.concatenate(parts)
+
+
+def _standard_error(errors: np.ndarray) -> float:
+    return float(np.std(errors, ddof=1) / np.sqrt(len(errors))) if len(errors) > 1 else 0.0
+
+
+def one_standard_error_choice(errors: dict[str, np.ndarray]) -> str:
+    """The first mode of :data:`SIMPLEST_FIRST` whose mean error is within one standard error of the lowest.
+
+    :param errors: per mode, the per-transition errors of :func:`_cv_errors` (lower is better).
+    """
+    means = {m: float(np.mean(e)) for m, e in errors.items()}
+    best = min(means, key=lambda m: means[m])
+    limit = means[best] + _standard_error(errors[best])
+    return next(m for m in SIMPLEST_FIRST if m in means and means[m] <= limit)
 
 
 def _metrics_from(pred: np.ndarray, ds: TransitionDataset) -> dict[str, Any]:
