@@ -20,6 +20,13 @@ from rlrm.data.rollout import collect  # noqa: E402
 from rlrm.tasks import Catalog, load_catalog  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _sb3_logdir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Agents trained directly in a test (no custom logger) make SB3 create a ``SB3-<date>`` folder in the system's
+    temporary directory per ``learn()``; keep those in pytest's own temporary tree."""
+    os.environ["SB3_LOGDIR"] = str(tmp_path_factory.mktemp("sb3_logs"))
+
+
 @pytest.fixture(scope="session")
 def catalog() -> Catalog:
     """The shipped task catalog."""
