@@ -22,6 +22,10 @@ Stages (budgets reduced from the zoo's for a shared 2-core machine; ``--stage NA
     mcc       MountainCarContinuous-v0 20k (SAC), seeds 0-2
     mujoco    HalfCheetah-v5, Hopper-v5 30k (SAC, learning after 2k steps), seeds 0-2 (needs its data in the model:
               --with-mujoco)
+    lunar_mix LunarLander-v3 100k (PPO), seeds 0-4, learned reward only, on a second model (``rm_mix``) whose data
+              add to the random data 10k transitions from each of the final agents of the lunar stage's
+              true-reward seeds 0 and 1 (mixture policy: a random action with probability 0.25); runs the lunar
+              stage first if its runs are missing
 
     python benchmarks/agent_quality.py --work-dir /tmp/aq                      # collect, train, all stages but mujoco
     python benchmarks/agent_quality.py --work-dir /tmp/aq --stage lunar        # one stage (data/model reused)
@@ -80,6 +84,21 @@ STAGES: dict[str, Stage] = {
     # reached only 62 against random -280, too little learning to normalize by).
     "mujoco": Stage((("HalfCheetah-v5", 30_000), ("Hopper-v5", 30_000)), (0, 1, 2), ("learning_starts:2000",)),
 }
+
+
+@dataclass(frozen=True)
+class MixStage:
+    """Learned-reward runs on a model whose data add the behaviour of true-reward agents to the random data (the
+    behaviour mix of issue #12: random actions never reach the states a trained agent visits)."""
+
+    base: str  # the stage whose true-reward agents behave (and whose true-reward runs normalize the scores)
+    task: str
+    agents: tuple[int, ...]  # seeds of those true-reward runs
+    steps_per_agent: int
+    eps: float  # probability of a random action per env step
+
+
+MIX_STAGES: dict[str, MixStage] = {"lunar_mix": MixStage("lunar", "LunarLander-v3", (0, 1), 10_000, 0.25)}
 RANDOM_TASKS = ["CartPole-v1", "Acrobot-v1", "Pendulum-v1", "MountainCarContinuous-v0", "LunarLander-v3"]
 MUJOCO_TASKS = ["HalfCheetah-v5", "Hopper-v5"]
 FAMILY_TASK = "CartPole-v1/x0.75"
@@ -131,6 +150,37 @@ def run_stage(stage: Stage, model: Path, runs_dir: Path, workers: int, log: list
                      "--resume"), log, cwd)
 
 
+def run_mix_stage(stage: MixStage, work: Path, data: list[Path], model: Path, runs_dir: Path, workers: int,
+                  log: list[dict[str, Any]], cwd: Path) -> list[Path]:
+    """The base stage (resumed: finished runs are skipped), behaviour data from its true-reward agents, the mix
+    model, and the learned-reward runs on it. Returns the mix data folders (for the label statistics)."""
+    base = STAGES[stage.base]
+    run_stage(base, model, runs_dir, workers, log, cwd)
+    budget = dict(base.runs)[stage.task]
+    rows = json.loads((runs_dir / "results.json").read_text())
+    mix = []
+    for seed in stage.agents:
+        row = next((r for r in rows if r["task"] == stage.task and r["reward"] == "true" and r["seed"] == seed
+                    and "error" not in r), None)
+        if row is None:
+            raise SystemExit(f"{stage.task}: no finished true-reward run of seed {seed} in {runs_dir}")
+        out = work / "data" / f"mix_{stage.task.replace('/', '_')}_s{seed}"
+        if not out.exists():
+            run(rlrm_cmd("collect", "--task", stage.task, "--policy",
+                         f"mixture:{Path(row['run_dir']) / 'agent.zip'}:{stage.eps}", "--steps", stage.steps_per_agent,
+                         "--seed", 100 + seed, "--out", out, "--no-progress"), log, cwd)
+        mix.append(out)
+    mix_model = work / "data" / "rm_mix"
+    if not mix_model.exists():
+        run(rlrm_cmd("train_reward", "--data", *data, *mix, "--out", mix_model, "--seed", 0, "--no-progress"), log, cwd)
+    seeds = [a for s in base.seeds for a in ("--seed", s)]
+    params = ["--params", *base.params] if base.params else []
+    run(rlrm_cmd("train_agent", "--task", stage.task, "-n", budget, *params, "--reward-model", mix_model, *seeds,
+                 "--workers", workers, "--output-dir", runs_dir, "--no-progress", "--wandb-mode", "disabled",
+                 "--resume"), log, cwd)
+    return mix
+
+
 # --------------------------------------------------------------------------- the data behind the verdicts
 def label_stats(data: list[Path]) -> dict[str, dict[str, Any]]:
     """Per dataset folder: the labels' min / max / mean / std, distinct values, and the best episode's return."""
@@ -140,7 +190,8 @@ def label_stats(data: list[Path]) -> dict[str, dict[str, Any]]:
             label, episode = np.load(folder / "label.npy"), np.load(folder / "episode.npy")
             manifest = json.loads((folder / "manifest.json").read_text())
             returns = np.bincount(episode - episode.min(), weights=label)
-            stats[str(manifest.get("task", {}).get("name", folder.name))] = {
+            name = str(manifest.get("task", {}).get("name", folder.name))
+            stats[name if name not in stats else f"{name} [{folder.relative_to(root.parent)}]"] = {
                 "dataset": str(folder.relative_to(root.parent)), "transitions": int(label.size),
                 "episodes": int(np.unique(episode).size), "min": float(label.min()), "max": float(label.max()),
                 "mean": float(label.mean()), "std": float(label.std()),
@@ -202,7 +253,8 @@ def pool(scores_csvs: list[Path], out: Path, reps: int = 2000, seed: int = 0) ->
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work-dir", type=Path, required=True, help="data, model and run folders")
-    p.add_argument("--stage", action="append", choices=sorted(STAGES), help="default: classic, lunar, mcc")
+    p.add_argument("--stage", action="append", choices=sorted([*STAGES, *MIX_STAGES]),
+                   help="default: classic, lunar, mcc")
     p.add_argument("--steps", type=int, default=20_000, help="transitions per task for the reward model")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--with-mujoco", action="store_true", help="collect MuJoCo data too (before the model exists)")
@@ -219,11 +271,16 @@ def main() -> None:
     meta["machine"] = machine(cwd)
     data = collect_data(work, args.steps, args.with_mujoco, log, cwd)
     model = train_model(work, data, log, cwd)
+    mix: list[Path] = sorted((work / "data").glob("mix_*"))
     if not args.report_only:
         for name in args.stage or ["classic", "lunar", "mcc"]:
-            run_stage(STAGES[name], model, runs_dir, args.workers, log, cwd)
+            if name in MIX_STAGES:
+                mix = sorted({*mix, *run_mix_stage(MIX_STAGES[name], work, data, model, runs_dir, args.workers, log,
+                                                   cwd)})
+            else:
+                run_stage(STAGES[name], model, runs_dir, args.workers, log, cwd)
     run(rlrm_cmd("report", runs_dir), log, cwd)
-    meta["label_stats"] = label_stats(data)
+    meta["label_stats"] = label_stats(data + mix)
     meta["commands"] += log
     publish(work, runs_dir, args.out, meta)
     if args.pool:
