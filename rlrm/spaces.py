@@ -302,6 +302,16 @@ def select(batch: Batch, index: Any) -> Batch:
     return batch[index]
 
 
+def concat(batches: Sequence[Batch]) -> Batch:
+    """Join batches of one space along the sample axis, leaf by leaf."""
+    first = batches[0]
+    if isinstance(first, dict):
+        return {k: concat([b[k] for b in batches]) for k in first}
+    if isinstance(first, tuple):
+        return tuple(concat([b[i] for b in batches]) for i in range(len(first)))
+    return np.concatenate(batches)
+
+
 def batch_len(batch: Batch) -> int:
     """Number of samples in a batch."""
     if isinstance(batch, dict):

@@ -88,6 +88,17 @@ def test_train_with_init_and_frozen_encoder_adds_a_head(data: Path, workdir: Pat
         assert (extended.state_dict()[k] == v).all(), k
 
 
+def test_train_joins_the_folders_of_one_task(workdir: Path, pendulum_ds: TransitionDataset,
+                                             capsys: pytest.CaptureFixture) -> None:
+    """Random data and an agent's for one task, collected into two folders, train one head on every row."""
+    pendulum_ds.subset(pendulum_ds.episode < 4).save(workdir / "random" / "Pendulum-v1")
+    pendulum_ds.subset(pendulum_ds.episode >= 4).save(workdir / "agent" / "Pendulum-v1")
+    rc = train_reward.entry(["--data", "random", "agent", "--out", "rm.safetensors", *FAST])
+    assert rc == 0, capsys.readouterr().err
+    metrics = json.loads((workdir / "rm.metrics.json").read_text())["tasks"]["Pendulum-v1"]
+    assert metrics["n_train"] + metrics["n_val"] == len(pendulum_ds)
+
+
 # --------------------------------------------------------------------------- errors: exit 2, one line, nothing written
 def test_collect_unknown_env_id(workdir: Path, capsys: pytest.CaptureFixture) -> None:
     rc = collect.entry(["--task", "NoSuchEnv-v0", "--steps", "10", "--out", "data", "--no-progress"])

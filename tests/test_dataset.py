@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -406,3 +407,25 @@ def test_split_edge_cases(pendulum_ds: TransitionDataset) -> None:
     assert train.n_episodes == 1
     with pytest.raises(DatasetError, match="val_frac"):
         pendulum_ds.split_by_episode(1.0)
+
+
+# --------------------------------------------------------------------------- joining datasets of one task
+def test_concat_keeps_every_row_and_each_part_its_own_episodes(dict_ds: TransitionDataset, tmp_path: Path) -> None:
+    first, second = dict_ds.subset(dict_ds.episode < 3), dict_ds.subset(dict_ds.episode >= 3)
+    second = replace(second, label_source="file:human.csv", episode_seed=None)
+    joined = dataset.concat([second, first, second])  # the same part twice: its episodes must not merge
+    assert len(joined) == 2 * len(second) + len(first)
+    assert joined.n_episodes == 2 * second.n_episodes + first.n_episodes
+    assert joined.label_source == "file:human.csv+env" and joined.episode_seed is None
+    np.testing.assert_array_equal(joined.obs["pos"][:len(second)], second.obs["pos"])
+    np.testing.assert_array_equal(joined.label[-len(second):], second.label)
+    joined.validate("joined")  # sorted by (episode, step), consistent leaves
+    assert len(TransitionDataset.load(joined.save(tmp_path / "joined"))) == len(joined)
+    both = dataset.concat([first, dict_ds.subset(dict_ds.episode >= 3)])
+    assert both.episode_seed is not None and both.n_episodes == dict_ds.n_episodes
+
+
+def test_concat_refuses_datasets_of_different_tasks(cartpole_ds: TransitionDataset,
+                                                    pendulum_ds: TransitionDataset) -> None:
+    with pytest.raises(DatasetError, match="expected datasets of one task"):
+        dataset.concat([cartpole_ds, pendulum_ds])

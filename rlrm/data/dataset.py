@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -293,6 +293,46 @@ def check_labels(label: Any, n: int, what: str, episode: np.ndarray | None = Non
         raise error(f"{what}: {int(bad.sum())} non-finite value(s) (NaN/inf, or beyond float32's range), first at "
                     f"row {i}{at}; labels must be finite")
     return arr
+
+
+def concat(datasets: Sequence[TransitionDataset]) -> TransitionDataset:
+    """One dataset of the rows of several of the same task and spaces (e.g. random data and an agent's), each
+    keeping its own episodes (episode ids renumbered). Replayable only if every part is; label sources that differ
+    are joined with ``+``; ``info["parts"]`` keeps each part's info.
+
+    :raise DatasetError: datasets of different tasks or spaces.
+    """
+    if not datasets:
+        raise DatasetError("concat: no datasets given")
+    first = datasets[0]
+    for ds in datasets[1:]:
+        if ds.task != first.task:
+            raise DatasetError(f"concat: task {ds.task.name!r} ({ds.task}) differs from {first.task.name!r} "
+                               f"({first.task}); expected datasets of one task")
+        for what, a, b in (("observation", first.obs_space, ds.obs_space), ("action", first.action_space,
+                                                                              ds.action_space)):
+            if sp.space_signature(a) != sp.space_signature(b):
+                raise DatasetError(f"concat: task {first.task.name!r}: {what} spaces differ ({a} vs {b})")
+    if len(datasets) == 1:
+        return first
+    episodes, offset = [], 0
+    for ds in datasets:  # each part's ids shifted past the previous part's (rows stay sorted by episode, step)
+        low = int(ds.episode.min(initial=0))
+        episodes.append(ds.episode - low + offset)
+        offset += int(ds.episode.max(initial=low - 1)) - low + 1
+    seeds = [ds.episode_seed for ds in datasets]
+    sources = list(dict.fromkeys(ds.label_source for ds in datasets))
+    return replace(first, obs=sp.concat([ds.obs for ds in datasets]),
+                   action=sp.concat([ds.action for ds in datasets]),
+                   next_obs=sp.concat([ds.next_obs for ds in datasets]),
+                   terminated=np.concatenate([ds.terminated for ds in datasets]),
+                   truncated=np.concatenate([ds.truncated for ds in datasets]),
+                   label=np.concatenate([ds.label for ds in datasets]),
+                   env_reward=np.concatenate([ds.env_reward for ds in datasets]),
+                   episode=np.concatenate(episodes),
+                   step=np.concatenate([ds.step for ds in datasets]), label_source="+".join(sources),
+                   info={"parts": [ds.info for ds in datasets]},
+                   episode_seed=None if any(s is None for s in seeds) else np.concatenate(seeds))
 
 
 def _check_episode_seed(where: str, seed: np.ndarray, episode: np.ndarray, n: int) -> None:

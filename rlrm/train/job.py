@@ -14,7 +14,7 @@ from typing import Any
 
 from rlrm import atomic
 from rlrm import model as rm
-from rlrm.data.dataset import TransitionDataset, find_datasets
+from rlrm.data.dataset import TransitionDataset, concat, find_datasets
 from rlrm.data.feedback import load_feedback
 from rlrm.data.preferences import PreferenceDataset
 from rlrm.errors import ConfigError
@@ -28,8 +28,9 @@ from rlrm.train.transfer import single_task_comparison
 
 
 def load_datasets(paths: Sequence[str | os.PathLike], tasks: Sequence[str] = ()) -> list[TransitionDataset]:
-    """Load every dataset under ``paths``, keeping only ``tasks`` if given."""
-    return [ds for _, ds in _load(paths, tasks)]
+    """Load every dataset under ``paths``, keeping only ``tasks`` if given; several of one task are joined
+    (:func:`merge_by_task`)."""
+    return merge_by_task([ds for _, ds in _load(paths, tasks)])
 
 
 def _load(paths: Sequence[str | os.PathLike], tasks: Sequence[str]) -> list[tuple[Path, TransitionDataset]]:
@@ -42,6 +43,15 @@ def _load(paths: Sequence[str | os.PathLike], tasks: Sequence[str]) -> list[tupl
                               f"found {sorted(have)}")
         found = [(d, ds) for d, ds in found if ds.task.name in tasks]
     return found
+
+
+def merge_by_task(datasets: Sequence[TransitionDataset]) -> list[TransitionDataset]:
+    """One dataset per task: the folders of one task (e.g. random data and an agent's) joined by
+    :func:`rlrm.data.dataset.concat`, in the order the tasks first appear."""
+    groups: dict[str, list[TransitionDataset]] = {}
+    for ds in datasets:
+        groups.setdefault(ds.task.name, []).append(ds)
+    return [concat(group) for group in groups.values()]
 
 
 def metrics_path(out: str | os.PathLike) -> Path:
@@ -114,8 +124,8 @@ def train_job(data: Sequence[str | os.PathLike], out: str | os.PathLike, config:
                           "model to start from (init)")
     base = rm.load(init) if init else None
     found = _load(data, tasks) if data or not preferences else []
-    datasets = [ds for _, ds in found]
-    check_env_spaces(datasets, [d for d, _ in found])
+    check_env_spaces([ds for _, ds in found], [d for d, _ in found])
+    datasets = merge_by_task([ds for _, ds in found])
     feedback = [(p, ds) for p, ds in load_feedback(preferences, preference_data) if not tasks or ds.task.name in tasks]
     if preferences and not feedback:
         raise ConfigError(f"preferences: none for tasks {list(tasks)} in {list(map(str, preferences))}")

@@ -189,7 +189,8 @@ def train_reward_model(datasets: Sequence[TransitionDataset], config: TrainConfi
         raise ConfigError("no datasets or preferences to train on")
     for what, seen in (("datasets", names), ("preference sets", pref_names)):
         if len(set(seen)) != len(seen):
-            raise ConfigError(f"two {what} for the same task: {seen}; merge them or rename a task")
+            raise ConfigError(f"two {what} for the same task: {seen}; merge them (rlrm.data.dataset.concat "
+                              "for datasets) or rename a task")
     torch.manual_seed(cfg.seed)
     model = model if model is not None else RewardModel(model_config)
     start = time.perf_counter()
