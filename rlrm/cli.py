@@ -183,8 +183,8 @@ def print_metrics(out: Path, result: TrainResult) -> None:
     adaptation = result.model.meta.get("adaptation")
     mode = "span of earlier heads" if adaptation and adaptation["mode"] == "span" else (
         f"{adaptation['mode']} encoder" if adaptation else "")
-    how = (f"new tasks: {mode}" + (" (chosen by validation loss)"
-                                                         if adaptation["requested"] == "auto" else "")
+    how = (f"new tasks: {mode}" + (f" (chosen: {adaptation.get('rule', 'lowest validation loss')})"
+                                   if adaptation["requested"] == "auto" else "")
            + f", validated by {adaptation['validation']}; ") if adaptation else ""
     print_table(f"Reward model {out} (held-out episodes; {how}best epoch {result.best_epoch}/{len(result.history)}; "
                 f"metrics in {metrics_path(out)})", rows, METRIC_COLUMNS + extra,

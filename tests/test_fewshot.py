@@ -169,7 +169,7 @@ def test_cli_init_makes_the_automatic_choice_and_writes_it(workdir, pretrained, 
     report = json.loads(Path("new.metrics.json").read_text())
     assert report["adaptation"]["mode"] in ("frozen", "finetune")  # "right" is no mix of swing-up and still
     assert set(report["adaptation"]["scores"]) == {"frozen", "finetune", "span"}
-    assert "chosen by validation loss" in " ".join(capsys.readouterr().out.split())
+    assert "chosen: simplest within one standard error of the best" in " ".join(capsys.readouterr().out.split())
     assert set(rm.load("new.safetensors").tasks) == {*pretrained.tasks, "Pendulum-v1/right"}
 
 
