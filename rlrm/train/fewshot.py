@@ -76,7 +76,7 @@ def extend_model(base: RewardModel, datasets: Sequence[TransitionDataset], confi
         scores = {m: float(np.mean(e)) for m, e in errors.items()}
         chosen = one_standard_error_choice(errors)
         spread: dict[str, Any] = {"standard_errors": {m: _standard_error(e) for m, e in errors.items()},
-                  "rule": "simplest within one standard error of the best"}
+                                  "rule": "simplest within one standard error of the best"}
         result = _train(base, datasets, _full_budget(config), chosen, tracker, progress)
         for ds in new:
             result.metrics[ds.task.name].update(_metrics_from(oofs[chosen][ds.task.name], ds),
