@@ -8,6 +8,7 @@ every mode must be the same rows (checked).
 
     python benchmarks/grid_walltime.py                 # 8 runs x 50k steps, 2 rounds
     python benchmarks/grid_walltime.py --quick         # 4 runs x 5k steps, 1 round
+    python benchmarks/grid_walltime.py --modes ray2 --repeats 3   # sequential vs Ray only
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50_000)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--modes", nargs="+", choices=[m for m in MODES if m != "sequential"], default=None,
+                   help="parallel modes to time against sequential (default: all)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "grid_walltime")
     a = p.parse_args()
     if a.quick:
@@ -57,7 +60,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rlrm-grid-bench-") as tmp:
         for r in range(a.repeats):
             times = {}
-            for mode in MODES:
+            for mode in ["sequential", *(a.modes or [m for m in MODES if m != "sequential"])]:
                 seconds, rows = run_mode(mode, args, Path(tmp))
                 reference = reference or rows
                 if rows != reference:
@@ -65,7 +68,7 @@ def main() -> None:
                 times[mode] = seconds
                 print(f"round {r + 1}: {mode:<10} {seconds:7.1f} s", flush=True)
             rounds.append(times)
-    speedups = {m: [t["sequential"] / t[m] for t in rounds] for m in ("workers2", "ray2")}
+    speedups = {m: [t["sequential"] / t[m] for t in rounds] for m in rounds[0] if m != "sequential"}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip()
     summary = {"date": time.strftime("%Y-%m-%d %H:%M"), "commit": commit, "machine": platform.platform(),
