@@ -102,6 +102,8 @@ class Budget:
     #: train new-task methods with the library's TrainConfig defaults (>= 1,000 steps) instead of 100 steps
     library_defaults: bool = False
     efficiency_only: bool = False
+    #: train the scratch baseline (off: a re-measure of the new-task methods on the draws of an earlier run)
+    scratch: bool = True
 
 
 QUICK = Budget(pretrain=2_000, pool=1_200, test=1_000, ns=(16, 64, 1024), weighting_labels=500, weighting_seeds=1,
@@ -213,6 +215,8 @@ def one_point(base: RewardModel, pool: TransitionDataset, test: TransitionDatase
         model = auto.model if mode == chosen else mode_model(base, ds, cfg, mode)
         yield {"method": mode, "lr": cfg.lr, "chosen": "", "seconds": time.perf_counter() - t0,
                **test_metrics(model, test)}
+    if not budget.scratch:
+        return
     best: tuple[float, float, RewardModel | None] = (-math.inf, float("nan"), None)
     for lr in SCRATCH_LRS:
         t0 = time.perf_counter()
@@ -590,6 +594,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--ns", type=int, nargs="+", default=None, help="label counts (default 16 ... 4096)")
     p.add_argument("--library-budget", action="store_true", help="new-task methods train with the library's "
                    "TrainConfig defaults (lr 1e-3 for auto/frozen/finetune; >= 1,000 steps), label efficiency only")
+    p.add_argument("--no-scratch", action="store_true", help="leave out the scratch baseline (the draws are the "
+                   "same for the same family, seed and N: compare with an earlier run's scratch rows)")
     p.add_argument("--summary-only", action="store_true", help="recompute the tables from --out's CSV files")
     p.add_argument("--out", type=Path, default=Path("benchmarks/label_efficiency"))
     args = p.parse_args(argv)
@@ -599,6 +605,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         budget = dataclasses.replace(budget, library_defaults=True, efficiency_only=True)
     if args.ns:
         budget = dataclasses.replace(budget, ns=tuple(args.ns))
+    if args.no_scratch:
+        budget = dataclasses.replace(budget, scratch=False)
     seeds = 1 if args.quick else args.seeds
     names = {"runs": "runs.csv", "weighting": "weighting.csv", "transfer": "transfer_cartpole.csv",
              "classic": "classic.csv", "pretrain": "pretrain.csv"}
