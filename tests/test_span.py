@@ -1,5 +1,5 @@
 """New heads as combinations of earlier heads (``span``): exact recovery of a task in the span from a few labels, the
-leave-one-out penalty, the automatic choice, and what is refused."""
+leave-one-out penalty and prior, the automatic choice, and what is refused."""
 
 from __future__ import annotations
 
@@ -84,6 +84,20 @@ def test_the_fit_recovers_exact_coefficients_and_finds_nothing_in_noise(base, mi
     # there; such penalties are skipped (an interpolating fit of noise had been chosen: r2 0.02 on PointGoal)
     three = fit_span(rewards[:3], np.random.default_rng(3).normal(size=3), basis)
     assert three.penalty > min(PENALTIES) and np.isfinite(three.coef).all()
+
+
+def test_few_labels_of_the_family_average_are_shrunk_toward_it(base, pendulum_20k):
+    """Three labels of the heads' average reward (plus an offset): the prior already is that average, so the fit
+    keeps it; shrinking toward zero (the prior before) would pull both coefficients well below 0.5."""
+    basis = ("Pendulum-v1", "Pendulum-v1/still")
+    rewards = basis_rewards(base, pendulum_20k, basis)
+    idx = np.sort(np.random.default_rng(4).choice(len(pendulum_20k), 3, replace=False))
+    target = rewards[idx].mean(1) + 1.0
+    fit = fit_span(rewards[idx], target, basis)
+    assert fit.prior == "mean"
+    assert fit.coef == pytest.approx([0.5, 0.5], abs=0.02)
+    pred = fit.offset + rewards @ fit.coef
+    assert np.max(np.abs(pred - (rewards.mean(1) + 1.0))) < 0.02 * np.std(rewards.mean(1))
 
 
 def test_auto_scores_span_beside_the_trained_modes_and_takes_it_for_a_task_in_the_span(base, mixed):
