@@ -384,12 +384,17 @@ def ratios(summary: list[dict[str, Any]], fam: str, ns: Sequence[int]) -> list[d
 def target_check(summary: list[dict[str, Any]], fam: str, ns: Sequence[int]) -> dict[str, Any]:
     """Labels auto and scratch need to reach r2 >= TARGET_R2 and whether auto needs TARGET_RATIO times fewer."""
     n_auto = labels_to_reach(ns, curve(summary, fam, "auto", ns), TARGET_R2)
-    n_scratch = labels_to_reach(ns, curve(summary, fam, "scratch", ns), TARGET_R2)
-    ratio = n_scratch / n_auto if np.isfinite(n_auto) and np.isfinite(n_scratch) else (
-        math.inf if np.isfinite(n_auto) else float("nan"))
-    met = bool(np.isfinite(n_auto) and ratio >= TARGET_RATIO)
+    scratch = curve(summary, fam, "scratch", ns)
+    n_scratch = labels_to_reach(ns, scratch, TARGET_R2)
+    if not np.isfinite(n_auto) or np.all(np.isnan(scratch)):  # no scratch rows (--no-scratch): no ratio
+        ratio = float("nan")
+    elif np.isfinite(n_scratch):
+        ratio = n_scratch / n_auto
+    else:  # scratch never reaches the target on the grid: the ratio is at least ns[-1] / n_auto
+        ratio = ns[-1] / n_auto
+    met = bool(np.isfinite(ratio) and ratio >= TARGET_RATIO)
     return {"family": fam, "auto_labels_to_0.95": n_auto, "scratch_labels_to_0.95": n_scratch, "ratio": ratio,
-            "met": met, "auto_starts_above": n_auto == ns[0]}
+            "met": met, "auto_starts_above": n_auto == ns[0], "scratch_reached": bool(np.isfinite(n_scratch))}
 
 
 def fmt_n(x: float, ns: Sequence[int]) -> str:
@@ -429,7 +434,8 @@ def markdown_tables(summary: list[dict[str, Any]], families: Sequence[str], ns: 
     for fam in families:
         t = target_check(summary, fam, ns)
         ratio = f"{t['ratio']:.1f}x" if np.isfinite(t["ratio"]) else ("-" if math.isnan(t["ratio"]) else "inf")
-        ratio = f">= {ratio}" if t["auto_starts_above"] and np.isfinite(t["ratio"]) else ratio
+        bound = t["auto_starts_above"] or not t.get("scratch_reached", True)
+        ratio = f">= {ratio}" if bound and np.isfinite(t["ratio"]) else ratio
         lines.append(f"| {fam} | {fmt_n(t['auto_labels_to_0.95'], ns)} | {fmt_n(t['scratch_labels_to_0.95'], ns)} | "
                      f"{ratio} | {'yes' if t['met'] else 'no'} |")
     return "\n".join(lines) + "\n"
