@@ -16,7 +16,7 @@ result would flatter the aggregate, so both are reported):
   transitions (``--feedback labels``, symlog labels): the two tasks where random data never reach what the reward
   pays for.
 
-    python benchmarks/suite_aggregate.py    # prints the tables; writes agent_quality_suite/summary.json, aggregate.png
+    python benchmarks/suite_aggregate.py    # prints the tables; writes agent_quality_suite/ (JSON, 2 PNGs)
 """
 
 from __future__ import annotations
@@ -110,11 +110,14 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
+    pooled: dict[str, dict[str, np.ndarray]] = {}
     summary: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "reps": a.reps,
                                "seed": a.seed, "definitions": {}}
     for name, definition in DEFINITIONS.items():
         rows, missing = pick(definition, a.root)
         groups = quality.scores_by_source(rows)
+        pooled[f"learned ({name})"] = groups["learned"]
+        pooled[quality.TRUE] = groups[quality.TRUE]
         intervals = quality.interval_estimates(groups, reps=a.reps, seed=a.seed)
         tasks = per_task(rows)
         summary["definitions"][name] = {"tasks": tasks, "missing": missing, "aggregate": intervals}
@@ -135,6 +138,9 @@ def main() -> None:
     bars = {f"learned ({name})": d["aggregate"]["learned"] for name, d in summary["definitions"].items()}
     bars[quality.TRUE] = summary["definitions"]["rlrm"]["aggregate"][quality.TRUE]
     plots.aggregate_intervals(bars, a.out / "aggregate.png")
+    taus = quality.profile_taus(pooled)
+    plots.performance_profiles(quality.performance_profiles(pooled, taus, reps=a.reps, seed=a.seed),
+                               a.out / "performance_profile.png")
     print(f"\nwrote {a.out / 'summary.json'}")
 
 
