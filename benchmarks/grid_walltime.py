@@ -2,11 +2,14 @@
 
 Each mode is the real command a user types (a fresh ``python -m rlrm.train_agent`` process, so the driver's start-up,
 worker start-up and Ray's start count), on the same plan: PPO on CartPole-v1, 8 seeds, ``-n`` steps each, true
-reward, 10 evaluation episodes. The modes are interleaved over ``--repeats`` rounds; the speedup is sequential /
-parallel per round (median and range reported). Target: >= 1.7x for both on this 2-core machine. The results of
-every mode must be the same rows (checked).
+reward, 10 evaluation episodes. The default ``-n`` is 100k steps, PPO CartPole-v1's budget in ``agents/ppo.yaml``
+(RL Zoo's): what a grid of default runs costs; ``--steps 50000`` is the shorter grid sessions 7 and 9 timed, where
+the parallel modes' fixed start-up and shut-down costs (Ray: ~10 s) weigh twice as much.
+The modes are interleaved over ``--repeats`` rounds; the speedup is sequential / parallel per round (median and
+range reported). Target: >= 1.7x for both on this 2-core machine. The results of every mode must be the same rows
+(checked).
 
-    python benchmarks/grid_walltime.py                 # 8 runs x 50k steps, 2 rounds
+    python benchmarks/grid_walltime.py                 # 8 runs x 100k steps, 2 rounds
     python benchmarks/grid_walltime.py --quick         # 4 runs x 5k steps, 1 round
     python benchmarks/grid_walltime.py --modes ray2 --repeats 3   # sequential vs Ray only
 """
@@ -44,7 +47,7 @@ def run_mode(mode: str, args: list[str], work: Path) -> tuple[float, list[dict[s
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=8)
-    p.add_argument("--steps", type=int, default=50_000)
+    p.add_argument("--steps", type=int, default=100_000, help="steps per run (default: the yaml's CartPole budget)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--modes", nargs="+", choices=[m for m in MODES if m != "sequential"], default=None,
