@@ -1,0 +1,120 @@
+"""Span heads with nonnegative coefficients (Breiman's stacked regressions) vs the library's span fit (issue #9).
+
+Question: does constraining a span head's coefficients to be nonnegative (the new reward as a nonnegative mix of the
+earlier heads' rewards, plus an offset) raise test r2 at 4-12 labels? Breiman (1996, "Stacked regressions") found
+that constraint the one that made stacking work; a family's interpolated target (a bump between two known bumps) is
+such a mix, an extrapolated one (a bump past the last known target) is not.
+
+Per family (the same data, pretraining and label draws as ``label_efficiency.py``; draws for seeds 0-4 are that
+script's), the held-out tasks plus extra targets, interpolated and extrapolated: the basis rewards (earlier heads'
+predictions) are computed once on the pool and test sets; each draw of N labels then fits
+
+- ``span``: :func:`rlrm.train.span.fit_span` (ridge toward the family's average, penalty by leave-one-out),
+- ``nn_mean`` / ``nn_zero``: nonnegative least squares with a ridge toward the average / toward zero, the penalty
+  chosen by leave-one-out (refits: the constraint has no closed form),
+
+and reports test r2. Cheap after the pretraining (seconds per draw).
+
+    python benchmarks/span_variants.py --family cartpole --seeds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+from label_efficiency import FAMILIES, Budget, collect_family, pretrain
+from scipy.optimize import nnls
+
+from rlrm import metrics
+from rlrm.tasks import Task
+from rlrm.train.span import PENALTIES, basis_rewards, fit_span, span_basis
+
+#: targets beyond the family's held-out tasks: (name, labeler); "x2" and "vel±4" lie outside the training targets
+EXTRA = {"cartpole": [("x2", "rlrm:cartpole_position(target=2.0)"), ("x1.25", "rlrm:cartpole_position(target=1.25)")],
+         "cheetah": [("vel4", "rlrm:cheetah_velocity(target=4)"), ("vel-4", "rlrm:cheetah_velocity(target=-4)")],
+         "point": []}
+
+
+def basis_data(family: str) -> dict[str, dict[str, np.ndarray]]:
+    """Per task: basis rewards and labels on the pool (``bp``, ``yp``) and test (``bt``, ``yt``) sets."""
+    budget = dataclasses.replace(Budget(), library_defaults=True, efficiency_only=True, scratch=False)
+    fd = collect_family(FAMILIES[family], budget)
+    base, _ = pretrain(fd, budget)
+    env_id = fd.train_tasks[0].env_id
+    tasks = fd.heldout_tasks + [Task(f"{env_id}/{n}", env_id, labeler=lab) for n, lab in EXTRA[family]]
+    out = {}
+    for task in tasks:
+        pool, test = fd.labeled(task, "pool"), fd.labeled(task, "test")
+        basis = span_basis(base, pool)
+        out[task.name] = {"bp": basis_rewards(base, pool, basis), "yp": pool.label.astype(np.float64),
+                          "bt": basis_rewards(base, test, basis), "yt": test.label.astype(np.float64)}
+    return out
+
+
+def fit_nonneg(b: np.ndarray, y: np.ndarray, prior: str) -> tuple[np.ndarray, float]:
+    """Nonnegative coefficients and a free offset, ridge toward ``prior`` (1/K each, or 0) in units scaled by each
+    column's std, the penalty chosen by leave-one-out error over :data:`PENALTIES` (x number of labels)."""
+    k, n = b.shape[1], len(y)
+    target = np.full(k, 1.0 / k) if prior == "mean" else np.zeros(k)
+    scale = np.where(b.std(0) > 1e-12, b.std(0), 1.0)
+
+    def solve(bi: np.ndarray, yi: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
+        mb, my = bi.mean(0), yi.mean()
+        a = np.vstack([bi - mb, np.sqrt(lam) * np.diag(scale)])
+        c, _ = nnls(a, np.concatenate([yi - my, np.sqrt(lam) * scale * target]))
+        return c, float(my - mb @ c)
+
+    best = (np.inf, float(n))
+    if n >= 3:
+        for rel in PENALTIES:
+            sq = []
+            for i in range(n):
+                keep = np.arange(n) != i
+                c, o = solve(b[keep], y[keep], rel * n)
+                sq.append((y[i] - o - b[i] @ c) ** 2)
+            if np.mean(sq) < best[0] * (1 - 1e-12):
+                best = (float(np.mean(sq)), rel * n)
+    return solve(b, y, best[1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--family", choices=list(FAMILIES), default="cartpole")
+    p.add_argument("--seeds", type=int, default=20)
+    p.add_argument("--ns", type=int, nargs="+", default=[4, 6, 8, 12])
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "span_variants")
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    rows = []
+    for name, d in basis_data(a.family).items():
+        for seed in range(a.seeds):
+            for n in a.ns:
+                rng = np.random.default_rng([seed, 0, n])  # label_efficiency.draw's draw
+                i = np.sort(rng.choice(len(d["yp"]), size=min(n, len(d["yp"])), replace=False))
+                b, y = d["bp"][i], d["yp"][i]
+                f = fit_span(b, y, tuple(str(j) for j in range(b.shape[1])))
+                row = {"task": name, "seed": seed, "n": n, "span": metrics.r2(f.offset + d["bt"] @ f.coef, d["yt"])}
+                for prior in ("mean", "zero"):
+                    c, o = fit_nonneg(b, y, prior)
+                    row[f"nn_{prior}"] = metrics.r2(o + d["bt"] @ c, d["yt"])
+                rows.append(row)
+    a.out.mkdir(parents=True, exist_ok=True)
+    with open(a.out / f"{a.family}.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"{'task':<28} {'n':>3} {'span':>7} {'nn_mean':>8} {'nn_zero':>8}   (mean test r2 over {a.seeds} seeds)")
+    for name in dict.fromkeys(r["task"] for r in rows):
+        for n in a.ns:
+            sel = [r for r in rows if r["task"] == name and r["n"] == n]
+            m = {k: np.mean([r[k] for r in sel]) for k in ("span", "nn_mean", "nn_zero")}
+            print(f"{name:<28} {n:>3} {m['span']:>7.3f} {m['nn_mean']:>8.3f} {m['nn_zero']:>8.3f}")
+
+
+if __name__ == "__main__":
+    main()
