@@ -9,7 +9,9 @@ Per family (the same data, pretraining and label draws as ``label_efficiency.py`
 script's), the held-out tasks plus extra targets, interpolated and extrapolated: the basis rewards (earlier heads'
 predictions) are computed once on the pool and test sets; each draw of N labels then fits
 
-- ``span``: :func:`rlrm.train.span.fit_span` (ridge toward the family's average, penalty by leave-one-out),
+- ``span``: :func:`rlrm.train.span.fit_span` (ridge toward the family's average, penalty by leave-one-out over
+  single labels, as before session 10),
+- ``span_ep``: the same with leave-one-episode-out (``groups``: what :func:`rlrm.train.span.span_model` does now),
 - ``nn_mean`` / ``nn_zero``: nonnegative least squares with a ridge toward the average / toward zero, the penalty
   chosen by leave-one-out (refits: the constraint has no closed form),
 
@@ -52,6 +54,7 @@ def basis_data(family: str) -> dict[str, dict[str, np.ndarray]]:
         pool, test = fd.labeled(task, "pool"), fd.labeled(task, "test")
         basis = span_basis(base, pool)
         out[task.name] = {"bp": basis_rewards(base, pool, basis), "yp": pool.label.astype(np.float64),
+                          "ep": pool.episode,
                           "bt": basis_rewards(base, test, basis), "yt": test.label.astype(np.float64)}
     return out
 
@@ -99,6 +102,9 @@ def main() -> None:
                 b, y = d["bp"][i], d["yp"][i]
                 f = fit_span(b, y, tuple(str(j) for j in range(b.shape[1])))
                 row = {"task": name, "seed": seed, "n": n, "span": metrics.r2(f.offset + d["bt"] @ f.coef, d["yt"])}
+                f = fit_span(b, y, f.basis, groups=d["ep"][i])
+                row["span_ep"] = metrics.r2(f.offset + d["bt"] @ f.coef, d["yt"])
+                row["episodes"] = len(np.unique(d["ep"][i]))
                 for prior in ("mean", "zero"):
                     c, o = fit_nonneg(b, y, prior)
                     row[f"nn_{prior}"] = metrics.r2(o + d["bt"] @ c, d["yt"])
@@ -108,12 +114,14 @@ def main() -> None:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    print(f"{'task':<28} {'n':>3} {'span':>7} {'nn_mean':>8} {'nn_zero':>8}   (mean test r2 over {a.seeds} seeds)")
+    keys = ("span", "span_ep", "nn_mean", "nn_zero")
+    print(f"{'task':<28} {'n':>3} " + " ".join(f"{k:>8}" for k in keys) + f"   (mean test r2 over {a.seeds} seeds; "
+          "min in brackets)")
     for name in dict.fromkeys(r["task"] for r in rows):
         for n in a.ns:
             sel = [r for r in rows if r["task"] == name and r["n"] == n]
-            m = {k: np.mean([r[k] for r in sel]) for k in ("span", "nn_mean", "nn_zero")}
-            print(f"{name:<28} {n:>3} {m['span']:>7.3f} {m['nn_mean']:>8.3f} {m['nn_zero']:>8.3f}")
+            print(f"{name:<28} {n:>3} " + " ".join(f"{np.mean([r[k] for r in sel]):>8.3f}" for k in keys)
+                  + "   [" + " ".join(f"{min(r[k] for r in sel):.2f}" for k in keys) + "]")
 
 
 if __name__ == "__main__":

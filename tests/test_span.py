@@ -100,6 +100,77 @@ def test_few_labels_of_the_family_average_are_shrunk_toward_it(base, pendulum_20
     assert np.max(np.abs(pred - (rewards.mean(1) + 1.0))) < 0.02 * np.std(rewards.mean(1))
 
 
+def _twins(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Basis rewards and labels of 4 states, each labeled twice (neighbouring steps: nearly the same rewards and
+    label), the labels unrelated to the basis; and each label's episode."""
+    rng = np.random.default_rng(seed)
+    states, labels_ = rng.normal(size=(4, 5)), rng.normal(size=4)
+    rewards = np.repeat(states, 2, axis=0) + 1e-3 * rng.normal(size=(8, 5))
+    return rewards, np.repeat(labels_, 2) + 1e-3 * rng.normal(size=8), np.repeat(np.arange(4), 2)
+
+
+def test_twin_labels_of_one_episode_are_left_out_together():
+    """Leave-one-out over single labels keeps each label's twin in: a weak penalty that reproduces every twin
+    pair looks perfect (the near-duplicate draw that gave span r2 -2.4 on CartPole). Leaving each episode out
+    as a whole sees that the basis does not predict these labels, and shrinks to the prior."""
+    basis = tuple("abcde")
+    excess, penalties = {"rows": [], "episodes": []}, {"rows": [], "episodes": []}
+    for seed in range(20):
+        rewards, y, episodes = _twins(seed)
+        for name, fit in (("rows", fit_span(rewards, y, basis)),
+                          ("episodes", fit_span(rewards, y, basis, groups=episodes))):
+            # fresh states with labels independent of the basis (unit variance): the excess test error over the
+            # best constant (0) is offset^2 + |coef|^2
+            excess[name].append(fit.offset ** 2 + fit.coef @ fit.coef)
+            penalties[name].append(fit.penalty)
+    assert np.median(penalties["rows"]) < 1e-3 < np.median(penalties["episodes"])
+    assert np.mean(excess["episodes"]) < 0.5 * np.mean(excess["rows"])
+    # one label per episode: the same fit as without groups; fewer than 3 episodes: single labels are left out
+    rewards, y, _ = _twins(0)
+    for groups in (np.arange(8), np.array([0, 0, 0, 0, 1, 1, 1, 1])):
+        fit = fit_span(rewards, y, basis, groups=groups)
+        assert fit.penalty == fit_span(rewards, y, basis).penalty and np.array_equal(fit.coef, fit_span(
+            rewards, y, basis).coef)
+    with pytest.raises(ConfigError, match="3 group ids for 8 labels"):
+        fit_span(rewards, y, basis, groups=np.arange(3))
+
+
+def test_leaving_an_episode_out_in_closed_form_equals_refitting_without_it():
+    from rlrm.train import span
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(12, 4)), rng.normal(size=12)
+    groups = np.array([0, 0, 1, 2, 2, 2, 3, 4, 5, 6, 7, 8])
+    u, s, _ = np.linalg.svd(x - x.mean(0), full_matrices=False)
+    lam = 0.3
+    shrink = s ** 2 / (s ** 2 + lam)
+    resid = y - y.mean() - u @ (shrink * (u.T @ (y - y.mean())))
+    sq = (resid / (1.0 - (u ** 2) @ shrink - 1.0 / 12)) ** 2
+    assert span._leave_blocks_out(u, shrink, 12, resid, span._groups(groups, 12), sq)
+    for g in np.unique(groups):  # penalized least squares on the other episodes, offset unpenalized
+        keep = groups != g
+        z = np.hstack([np.ones((keep.sum(), 1)), x[keep] - x.mean(0)])
+        theta = np.linalg.solve(z.T @ z + np.diag([0.0] + [lam] * 4), z.T @ y[keep])
+        left_out = y[~keep] - theta[0] - (x[~keep] - x.mean(0)) @ theta[1:]
+        assert sq[~keep] == pytest.approx(left_out ** 2, rel=1e-9, abs=1e-12)
+
+
+def test_span_model_leaves_episodes_out(base, pendulum_20k):
+    """Five pairs of neighbouring steps, each pair from its own episode and labeled alike (labels unrelated to the
+    basis): span_model's fit is the one that leaves episodes out, which differs from leaving single labels out."""
+    ep = pendulum_20k.episode
+    starts = [int(np.flatnonzero(ep == e)[10]) for e in np.unique(ep)[:5]]
+    idx = np.sort(np.concatenate([starts, np.add(starts, 1)]))
+    y = np.repeat(np.random.default_rng(6).normal(size=5), 2)
+    few = _as(pendulum_20k.subset(idx), "Pendulum-v1/pairs", y)
+    basis = span_basis(base, few)
+    rewards = basis_rewards(base, few, basis)
+    info = span_model(base, few).tasks["Pendulum-v1/pairs"].info["span"]
+    grouped = fit_span(rewards, few.label, basis, groups=few.episode)
+    assert info["coef"] == grouped.coef.tolist()
+    assert grouped.penalty != fit_span(rewards, few.label, basis).penalty
+
+
 def test_auto_scores_span_beside_the_trained_modes_and_takes_it_for_a_task_in_the_span(base, mixed):
     few, test = _few(mixed, 24), mixed.subset(np.arange(len(mixed) // 2, len(mixed)))
     result = extend_model(base, [few], TrainConfig(epochs=4, min_epoch_steps=10, patience=0), "auto", progress=False)
