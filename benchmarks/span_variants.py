@@ -10,8 +10,9 @@ script's), the held-out tasks plus extra targets, interpolated and extrapolated:
 predictions) are computed once on the pool and test sets; each draw of N labels then fits
 
 - ``span``: :func:`rlrm.train.span.fit_span` (ridge toward the family's average, penalty by leave-one-out over
-  single labels, as before session 10),
-- ``span_ep``: the same with leave-one-episode-out (``groups``: what :func:`rlrm.train.span.span_model` does now),
+  single labels),
+- (``span_ep`` in ``benchmarks/span_variants/{cartpole,point}.csv``: the same with leave-one-episode-out, from a
+  trial ``groups`` option of ``fit_span`` at commit ``c1b8130``, reverted after this measurement),
 - ``nn_mean`` / ``nn_zero``: nonnegative least squares with a ridge toward the average / toward zero, the penalty
   chosen by leave-one-out (refits: the constraint has no closed form),
 
@@ -102,8 +103,6 @@ def main() -> None:
                 b, y = d["bp"][i], d["yp"][i]
                 f = fit_span(b, y, tuple(str(j) for j in range(b.shape[1])))
                 row = {"task": name, "seed": seed, "n": n, "span": metrics.r2(f.offset + d["bt"] @ f.coef, d["yt"])}
-                f = fit_span(b, y, f.basis, groups=d["ep"][i])
-                row["span_ep"] = metrics.r2(f.offset + d["bt"] @ f.coef, d["yt"])
                 row["episodes"] = len(np.unique(d["ep"][i]))
                 for prior in ("mean", "zero"):
                     c, o = fit_nonneg(b, y, prior)
@@ -114,7 +113,7 @@ def main() -> None:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    keys = ("span", "span_ep", "nn_mean", "nn_zero")
+    keys = ("span", "nn_mean", "nn_zero")
     print(f"{'task':<28} {'n':>3} " + " ".join(f"{k:>8}" for k in keys) + f"   (mean test r2 over {a.seeds} seeds; "
           "min in brackets)")
     for name in dict.fromkeys(r["task"] for r in rows):

@@ -21,7 +21,6 @@ Whether the new task is in that span at all is for the caller's validation to sa
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -65,8 +64,7 @@ def basis_rewards(model: RewardModel, ds: TransitionDataset, basis: tuple[str, .
     return np.stack([predict_dataset(model, _as(ds, name, model)) for name in basis], 1).astype(np.float64)
 
 
-def fit_span(rewards: np.ndarray, labels: np.ndarray, basis: tuple[str, ...],
-             groups: np.ndarray | None = None) -> SpanFit:
+def fit_span(rewards: np.ndarray, labels: np.ndarray, basis: tuple[str, ...]) -> SpanFit:
     """Ridge regression of ``labels`` on the basis ``rewards`` (columns centered and scaled), its penalty chosen by
     leave-one-out mean squared error, shrunk toward one of two priors (see :data:`PRIORS`): the earlier heads'
     average (``mean``) unless shrinking toward no combination at all (``zero``) predicts the left-out labels
@@ -79,12 +77,7 @@ def fit_span(rewards: np.ndarray, labels: np.ndarray, basis: tuple[str, ...],
     A penalty under which the fit interpolates (about as many labels as heads: every leverage ~1) has no
     leave-one-out estimate and is not chosen; with fewer than 3 labels, or none left, the penalty is the largest
     that still fits: the mean squared singular value (shrinking each direction by at most half on average), and the
-    prior is ``mean``.
-
-    :param groups: an id per label (its episode): leave-one-out then leaves out each group's labels together, so
-        two labels of nearly the same state (neighbouring steps of an episode) cannot vouch for each other and a
-        penalty that only fits such twins is not chosen. Labels that are alone in their group are left out alone
-        as before; with fewer than 3 groups every label is its own group."""
+    prior is ``mean``."""
     y = np.asarray(labels, np.float64)
     if rewards.shape[0] != y.size or y.size == 0:
         raise ConfigError(f"span: {y.size} labels for {rewards.shape[0]} rows; expected the same, at least one")
@@ -93,8 +86,7 @@ def fit_span(rewards: np.ndarray, labels: np.ndarray, basis: tuple[str, ...],
     x = (rewards - mean) / scale
     u, s, vt = np.linalg.svd(x, full_matrices=False)
     prior_coef = {"zero": np.zeros(rewards.shape[1]), "mean": np.full(rewards.shape[1], 1.0 / rewards.shape[1])}
-    blocks = _groups(groups, y.size)
-    fits = {name: _ridge_loo(u, s, vt, y - rewards @ c0, blocks) for name, c0 in prior_coef.items()}
+    fits = {name: _ridge_loo(u, s, vt, y - rewards @ c0) for name, c0 in prior_coef.items()}
     prior = "mean"
     zero_sq, mean_sq = fits["zero"][2], fits["mean"][2]
     if zero_sq is not None and mean_sq is not None:
@@ -107,26 +99,11 @@ def fit_span(rewards: np.ndarray, labels: np.ndarray, basis: tuple[str, ...],
     return SpanFit(basis, coef, float(target_mean - mean @ (d / scale)), rel, prior)
 
 
-def _groups(groups: np.ndarray | None, n: int) -> list[np.ndarray]:
-    """Index arrays of the groups that hold more than one label (see :func:`fit_span`); none if fewer than 3 groups."""
-    if groups is None:
-        return []
-    ids = np.asarray(groups)
-    if ids.shape != (n,):
-        raise ConfigError(f"span: {ids.size} group ids for {n} labels; expected one per label")
-    values, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
-    if len(values) < 3:
-        return []
-    return [np.flatnonzero(inverse == g) for g in np.flatnonzero(counts > 1)]
-
-
-def _ridge_loo(u: np.ndarray, s: np.ndarray, vt: np.ndarray, y: np.ndarray,
-               blocks: Sequence[np.ndarray] = ()) -> tuple[np.ndarray, float, np.ndarray | None]:
+def _ridge_loo(u: np.ndarray, s: np.ndarray, vt: np.ndarray,
+               y: np.ndarray) -> tuple[np.ndarray, float, np.ndarray | None]:
     """Ridge of ``y`` (with a fitted offset) on the centered, scaled basis ``u @ diag(s) @ vt``: the coefficients
     (scaled units), the relative penalty leave-one-out chose, and the chosen fit's left-out squared errors
-    (``None`` without a leave-one-out estimate). Each of ``blocks`` (index arrays) is left out as a whole: its
-    residuals are ``(I - H_bb)^-1 e_b`` with ``H`` the fit's hat matrix (exact for a penalized least-squares fit,
-    as ``e_i / (1 - h_ii)`` is for one label)."""
+    (``None`` without a leave-one-out estimate)."""
     ym = y.mean()
     uy = u.T @ (y - ym)
     unit = float(np.mean(s ** 2)) or 1.0
@@ -139,30 +116,12 @@ def _ridge_loo(u: np.ndarray, s: np.ndarray, vt: np.ndarray, y: np.ndarray,
             leverage = (u ** 2) @ shrink + 1.0 / n  # the offset is fitted too
             if np.any(1.0 - leverage < 1e-6):  # interpolates (about as many labels as heads): 0/0, no estimate
                 continue
-            resid = y - ym - fitted
-            sq = (resid / (1.0 - leverage)) ** 2
-            if blocks and not _leave_blocks_out(u, shrink, n, resid, blocks, sq):
-                continue  # a group the fit interpolates: no estimate
+            sq = ((y - ym - fitted) / (1.0 - leverage)) ** 2
             err = float(np.mean(sq))
             if err < best[0] * (1.0 - 1e-12):  # ties (exact labels: all ~0) keep the weaker penalty
                 best = (err, rel, sq)
     rel = best[1]
     return vt.T @ (s / (s ** 2 + rel * unit) * uy), rel, best[2]
-
-
-def _leave_blocks_out(u: np.ndarray, shrink: np.ndarray, n: int, resid: np.ndarray, blocks: Sequence[np.ndarray],
-                      sq: np.ndarray) -> bool:
-    """Overwrite ``sq`` on each block with its leave-the-block-out squared residuals; False if a block is
-    interpolated (``I - H_bb`` singular). ``H_bb = A A^T`` has rank at most K + 1 (``A = [u_b sqrt(shrink), 1 /
-    sqrt(n)]``), so by Woodbury ``(I - A A^T)^-1 e = e + A (I - A^T A)^-1 A^T e``: O(block size x K^2) per block."""
-    for b in blocks:
-        a = np.hstack([u[b] * np.sqrt(shrink), np.full((b.size, 1), 1.0 / np.sqrt(n))])
-        inner = np.eye(a.shape[1]) - a.T @ a
-        if np.linalg.eigvalsh(inner).min() < 1e-6:
-            return False
-        e = resid[b]
-        sq[b] = (e + a @ np.linalg.solve(inner, a.T @ e)) ** 2
-    return True
 
 
 def span_model(base: RewardModel, ds: TransitionDataset, fit: SpanFit | None = None) -> RewardModel:
@@ -177,7 +136,7 @@ def span_model(base: RewardModel, ds: TransitionDataset, fit: SpanFit | None = N
         if not basis:
             raise ConfigError(f"task {ds.task.name!r}: no earlier head to combine (span needs a trained task with the "
                               "same observation and action spaces and labels in plain units)")
-        fit = fit_span(basis_rewards(base, ds, basis), ds.label, basis, groups=ds.episode)
+        fit = fit_span(basis_rewards(base, ds, basis), ds.label, basis)
     model = copy.deepcopy(base)
     model.add_task(ds.task, ds.obs_space, ds.action_space)
     y = np.asarray(ds.label, np.float64)
