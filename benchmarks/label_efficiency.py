@@ -155,10 +155,15 @@ def collect_family(family: Family, budget: Budget) -> FamilyData:
     return FamilyData(family, train, held, states)
 
 
+def draw_index(size: int, n: int, seed: int, salt: int = 0) -> np.ndarray:
+    """Sorted indices of ``n`` random rows of ``size`` (the draw of :func:`draw`)."""
+    rng = np.random.default_rng([seed, salt, n])
+    return np.sort(rng.choice(size, size=min(n, size), replace=False))
+
+
 def draw(ds: TransitionDataset, n: int, seed: int, salt: int = 0) -> TransitionDataset:
     """``n`` random transitions of ``ds`` (sorted, so the subset keeps the dataset's (episode, step) order)."""
-    rng = np.random.default_rng([seed, salt, n])
-    return ds.subset(np.sort(rng.choice(len(ds), size=min(n, len(ds)), replace=False)))
+    return ds.subset(draw_index(len(ds), n, seed, salt))
 
 
 def test_metrics(model: RewardModel, test: TransitionDataset, epic: bool = True) -> dict[str, float]:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from label_efficiency import FAMILIES, Budget, collect_family, pretrain
+from label_efficiency import FAMILIES, Budget, collect_family, draw_index, pretrain
 from scipy.optimize import nnls
 
 from rlrm import metrics
@@ -118,8 +118,7 @@ def main() -> None:
     for name, d in basis_data(a.family).items():
         for seed in range(a.seeds):
             for n in a.ns:
-                rng = np.random.default_rng([seed, 0, n])  # label_efficiency.draw's draw
-                i = np.sort(rng.choice(len(d["yp"]), size=min(n, len(d["yp"])), replace=False))
+                i = draw_index(len(d["yp"]), n, seed)  # label_efficiency.draw's draw
                 b, y = d["bp"][i], d["yp"][i]
                 f = fit_span(b, y, tuple(str(j) for j in range(b.shape[1])))
                 row = {"task": name, "seed": seed, "n": n, "span": metrics.r2(f.offset + d["bt"] @ f.coef, d["yt"])}
