@@ -9,8 +9,8 @@ Per family (the same data, pretraining and label draws as ``label_efficiency.py`
 script's), the held-out tasks plus extra targets, interpolated and extrapolated: the basis rewards (earlier heads'
 predictions) are computed once on the pool and test sets; each draw of N labels then fits
 
-- ``span``: :func:`rlrm.train.span.fit_span` (ridge toward the family's average, penalty by leave-one-out over
-  single labels),
+- ``span``: :func:`rlrm.train.span.fit_free` (ridge toward the family's average, penalty by leave-one-out over
+  single labels; ``fit_span`` until session 11, when the ``nn_rule`` below became ``fit_span``),
 - (``span_ep`` in ``benchmarks/span_variants/{cartpole,point}.csv``: the same with leave-one-episode-out, from a
   trial ``groups`` option of ``fit_span`` at commit ``c1b8130``, reverted after this measurement),
 - ``nn_mean`` / ``nn_zero``: nonnegative least squares with a ridge toward the average / toward zero, the penalty
@@ -39,7 +39,8 @@ from scipy.optimize import nnls
 
 from rlrm import metrics
 from rlrm.tasks import Task
-from rlrm.train.span import PENALTIES, basis_rewards, fit_span, span_basis
+from rlrm.train.span import PENALTIES, basis_rewards, span_basis
+from rlrm.train.span import fit_free as fit_span  # the unconstrained fit (``fit_span`` before session 11)
 
 #: targets beyond the family's held-out tasks: (name, labeler); "x2" and "vel±4" lie outside the training targets
 EXTRA = {"cartpole": [("x2", "rlrm:cartpole_position(target=2.0)"), ("x1.25", "rlrm:cartpole_position(target=1.25)")],
