@@ -34,6 +34,7 @@ import copy
 import csv
 import dataclasses
 import io
+import json
 import math
 import platform
 import subprocess
@@ -54,6 +55,7 @@ from rlrm.data.dataset import TransitionDataset
 from rlrm.data.rollout import collect
 from rlrm.model.network import ModelConfig, RewardModel
 from rlrm.tasks import Task, load_catalog
+from rlrm.train import fewshot
 from rlrm.train.fewshot import cross_validates, extend_model
 from rlrm.train.heldout import epic_to_labels, predict_dataset
 from rlrm.train.loop import TrainConfig, train_reward_model
@@ -104,11 +106,29 @@ class Budget:
     efficiency_only: bool = False
     #: train the scratch baseline (off: a re-measure of the new-task methods on the draws of an earlier run)
     scratch: bool = True
+    #: train the new-task methods (off: scratch only, e.g. more seeds where only scratch's curve is needed)
+    new_task_methods: bool = True
+    #: the first label-draw seed (more seeds for an earlier run: start where it stopped)
+    first_seed: int = 0
 
 
 QUICK = Budget(pretrain=2_000, pool=1_200, test=1_000, ns=(16, 64, 1024), weighting_labels=500, weighting_seeds=1,
                classic=2_000, classic_seeds=1, pretrain_epochs=3, fewshot_epochs=5,
                weighting_epochs=3)
+
+
+#: the per-transition out-of-fold errors per mode that the last automatic choice compared (a row's
+#: ``choice_errors``, JSON): any other rule's choice can be scored from them offline (``auto_choice.py --score``)
+CHOICE_ERRORS: list[dict[str, list[float]]] = []
+_library_choice = fewshot.one_standard_error_choice
+
+
+def _recording_choice(errors: dict[str, np.ndarray]) -> str:
+    CHOICE_ERRORS.append({m: np.asarray(e, np.float64).tolist() for m, e in errors.items()})
+    return _library_choice(errors)
+
+
+fewshot.one_standard_error_choice = _recording_choice
 
 
 def fewshot_config(budget: Budget, seed: int, lr: float | None = None) -> TrainConfig:
@@ -210,16 +230,19 @@ def one_point(base: RewardModel, pool: TransitionDataset, test: TransitionDatase
     """Rows of the four methods for ``n`` labels of one held-out task and seed."""
     ds = draw(pool, n, seed)
     cfg = fewshot_config(budget, seed)
-    t0 = time.perf_counter()
-    auto = extend_model(base, [ds], cfg, "auto", progress=False)
-    chosen = auto.model.meta["adaptation"]["mode"]
-    yield {"method": "auto", "lr": cfg.lr, "chosen": chosen, "seconds": time.perf_counter() - t0,
-           **test_metrics(auto.model, test)}
-    for mode in ("frozen", "finetune", "span"):
+    if budget.new_task_methods:
         t0 = time.perf_counter()
-        model = auto.model if mode == chosen else mode_model(base, ds, cfg, mode)
-        yield {"method": mode, "lr": cfg.lr, "chosen": "", "seconds": time.perf_counter() - t0,
-               **test_metrics(model, test)}
+        CHOICE_ERRORS.clear()
+        auto = extend_model(base, [ds], cfg, "auto", progress=False)
+        chosen = auto.model.meta["adaptation"]["mode"]
+        yield {"method": "auto", "lr": cfg.lr, "chosen": chosen, "seconds": time.perf_counter() - t0,
+               "choice_errors": json.dumps(CHOICE_ERRORS[0]) if CHOICE_ERRORS else "",
+               **test_metrics(auto.model, test)}
+        for mode in ("frozen", "finetune", "span"):
+            t0 = time.perf_counter()
+            model = auto.model if mode == chosen else mode_model(base, ds, cfg, mode)
+            yield {"method": mode, "lr": cfg.lr, "chosen": "", "seconds": time.perf_counter() - t0,
+                   **test_metrics(model, test)}
     if not budget.scratch:
         return
     best: tuple[float, float, RewardModel | None] = (-math.inf, float("nan"), None)
@@ -239,7 +262,8 @@ def label_efficiency(fd: FamilyData, base: RewardModel, budget: Budget, seeds: i
                      done: list[dict[str, Any]], checkpoint: Path) -> list[dict[str, Any]]:
     """Rows of every (held-out task, seed, N); ``done + rows`` is rewritten to ``checkpoint`` after each point."""
     rows: list[dict[str, Any]] = []
-    grid = [(t, s, n) for t in fd.heldout_tasks for s in range(seeds) for n in budget.ns]
+    grid = [(t, s, n) for t in fd.heldout_tasks for s in range(budget.first_seed, budget.first_seed + seeds)
+            for n in budget.ns]
     for task, seed, n in tqdm(grid, desc=f"label efficiency {fd.family.name}", unit="point"):
         pool, test = fd.labeled(task, "pool"), fd.labeled(task, "test")
         for row in one_point(base, pool, test, n, seed, budget):
@@ -607,6 +631,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                    "TrainConfig defaults (lr 1e-3 for auto/frozen/finetune; >= 1,000 steps), label efficiency only")
     p.add_argument("--no-scratch", action="store_true", help="leave out the scratch baseline (the draws are the "
                    "same for the same family, seed and N: compare with an earlier run's scratch rows)")
+    p.add_argument("--first-seed", type=int, default=0, help="first label-draw seed (add seeds to an earlier run)")
+    p.add_argument("--scratch-only", action="store_true", help="train only the scratch baseline")
     p.add_argument("--summary-only", action="store_true", help="recompute the tables from --out's CSV files")
     p.add_argument("--out", type=Path, default=Path("benchmarks/label_efficiency"))
     args = p.parse_args(argv)
@@ -618,6 +644,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         budget = dataclasses.replace(budget, ns=tuple(args.ns))
     if args.no_scratch:
         budget = dataclasses.replace(budget, scratch=False)
+    budget = dataclasses.replace(budget, first_seed=args.first_seed, new_task_methods=not args.scratch_only)
     seeds = 1 if args.quick else args.seeds
     names = {"runs": "runs.csv", "weighting": "weighting.csv", "transfer": "transfer_cartpole.csv",
              "classic": "classic.csv", "pretrain": "pretrain.csv"}
