@@ -21,7 +21,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from label_efficiency import FAMILIES, Budget, collect_family, draw, fewshot_config, pretrain, read_csv
+from label_efficiency import (
+    FAMILIES,
+    Budget,
+    collect_family,
+    draw,
+    fewshot_config,
+    pretrain,
+    read_csv,
+    write_csv,
+)
 from tqdm.auto import tqdm
 
 from rlrm import atomic
@@ -50,9 +59,19 @@ def record(family: str, seeds: int, ns: list[int], out: Path) -> Path:
     return path
 
 
+def best_se_choice(errors: dict[str, np.ndarray]) -> str:
+    """The rule of sessions 8-10: the simplest mode whose mean error is within one standard error of the best
+    mode's own errors."""
+    means = {m: float(np.mean(e)) for m, e in errors.items()}
+    best = min(means, key=lambda m: means[m])
+    limit = means[best] + fewshot._standard_error(errors[best])
+    return next(m for m in fewshot.SIMPLEST_FIRST if m in means and means[m] <= limit)
+
+
 def paired_choice(errors: dict[str, np.ndarray]) -> str:
     """The simplest mode whose mean error exceeds the best's by at most one standard error of their paired
-    per-transition difference."""
+    per-transition difference (the library's rule from session 11; written out here so that the scores do not
+    depend on the code they run with)."""
     means = {m: float(np.mean(e)) for m, e in errors.items()}
     best = min(means, key=lambda m: means[m])
     for m in fewshot.SIMPLEST_FIRST:
@@ -63,19 +82,44 @@ def paired_choice(errors: dict[str, np.ndarray]) -> str:
     return best
 
 
-RULES = {"one_se (library)": fewshot.one_standard_error_choice, "paired_se": paired_choice,
+RULES = {"best's SE (sessions 8-10)": best_se_choice, "paired SE (session 11)": paired_choice,
          "span always": lambda e: "span", "min": lambda e: min(e, key=lambda m: float(np.mean(e[m])))}
+
+
+def load_points(path: Path) -> list[dict]:
+    """Recorded choices: this script's JSON, or a label-efficiency ``runs.csv`` whose auto rows carry their
+    ``choice_errors``."""
+    if path.suffix == ".csv":
+        return [{"task": r["task"], "seed": int(r["seed"]), "n": int(r["n"]), "chosen": r["chosen"],
+                 "errors": json.loads(r["choice_errors"])}
+                for r in read_csv(path) if r["method"] == "auto" and r.get("choice_errors")]
+    return json.loads(path.read_text())
+
+
+def rechoose(path: Path, runs: Path, out: Path) -> int:
+    """``runs`` with every auto row that has a recorded choice replaced by the row of the mode the paired rule picks
+    (what ``extend_model`` returns for that choice); the other rows as they are. Returns how many rows changed."""
+    picks = {(p["task"], p["seed"], p["n"]): paired_choice({m: np.asarray(e) for m, e in p["errors"].items()})
+             for p in load_points(path)}
+    rows = read_csv(runs)
+    by_mode = {(r["task"], int(r["seed"]), int(r["n"]), r["method"]): r for r in rows}
+    changed, new = 0, []
+    for r in rows:
+        key = (r["task"], int(r["seed"]), int(r["n"]))
+        if r["method"] == "auto" and key in picks:
+            pick = picks[key]
+            changed += pick != r["chosen"]
+            src = r if pick == r["chosen"] else by_mode[(*key, pick)]
+            r = {**src, "method": "auto", "chosen": pick, "seconds": r["seconds"]}
+        new.append({k: v for k, v in r.items() if k != "choice_errors"})
+    write_csv(out, new)
+    return changed
 
 
 def score(path: Path, runs: Path) -> str:
     """Mean test r2 per N of each rule's choices, and how often each picks span. ``path``: this script's JSON, or a
     label-efficiency ``runs.csv`` whose auto rows carry their ``choice_errors``."""
-    if path.suffix == ".csv":
-        points = [{"task": r["task"], "seed": int(r["seed"]), "n": int(r["n"]), "chosen": r["chosen"],
-                   "errors": json.loads(r["choice_errors"])}
-                  for r in read_csv(path) if r["method"] == "auto" and r.get("choice_errors")]
-    else:
-        points = json.loads(path.read_text())
+    points = load_points(path)
     r2 = {(r["task"], int(r["seed"]), int(r["n"]), r["method"]): float(r["r2"]) for r in read_csv(runs)}
     auto = {(r["task"], int(r["seed"]), int(r["n"])): r["chosen"] for r in read_csv(runs) if r["method"] == "auto"}
     agree = sum(auto.get((p["task"], p["seed"], p["n"])) == p["chosen"] for p in points)
@@ -101,7 +145,12 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("benchmarks/auto_choice"))
     p.add_argument("--score", type=Path, help="score the rules on a recorded JSON instead of recording")
     p.add_argument("--runs", type=Path, help="with --score: the label-efficiency runs.csv of the same code")
+    p.add_argument("--rechoose", type=Path, help="with --score/--runs: write runs.csv with auto rows chosen by the "
+                   "paired rule here")
     a = p.parse_args()
+    if a.score and a.rechoose:
+        print(f"{rechoose(a.score, a.runs, a.rechoose)} auto rows changed; wrote {a.rechoose}")
+        return
     if a.score:
         print(score(a.score, a.runs))
         return
