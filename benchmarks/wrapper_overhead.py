@@ -10,6 +10,8 @@ Variants (each a DummyVecEnv of ``task.make_env()``, stepped with the same pre-d
 - ``torch predict``        reference: a VecEnvWrapper calling ``model.predict`` (torch) per vector step
 - ``VecLearned ensemble``  VecLearnedReward over a RewardEnsemble of ``--ensemble`` (3) members: the mean and the
                            std (``info["reward_std"]``) from one batched evaluation per vector step (issue #10)
+- ``... (NumPy)``          the same two with the compiled kernel off (``reward_fn(task, compiled=False)``): the NumPy
+                           path, for the kernel's gain in the same rounds
 
 All with the default model (``RewardModel(ModelConfig())`` plus the task's head, initial weights with a
 random feature standardization and label scale: speed does not depend on them); the ensemble's members are
@@ -33,6 +35,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+import numba
 import numpy as np
 import torch
 from stable_baselines3.common.monitor import Monitor
@@ -104,13 +107,17 @@ def variants(task: Task, n_envs: int, model: RewardModel,
     name = task.name
     extra = {} if ensemble is None else {
         "VecLearned ensemble": lambda: VecLearnedReward(DummyVecEnv([task.make_env for _ in range(n_envs)]),
-                                                        ensemble, name)}
+                                                        ensemble, name),
+        "VecLearned ens (NumPy)": lambda: VecLearnedReward(DummyVecEnv([task.make_env for _ in range(n_envs)]),
+                                                           ensemble.reward_fn(name, compiled=False), name)}
     return {
         "raw": lambda: DummyVecEnv([task.make_env for _ in range(n_envs)]),
         "raw+Monitor": lambda: DummyVecEnv([lambda: Monitor(task.make_env()) for _ in range(n_envs)]),
         "LearnedReward": lambda: DummyVecEnv([lambda: LearnedReward(task.make_env(), model, name)
                                               for _ in range(n_envs)]),
         "VecLearnedReward": lambda: VecLearnedReward(DummyVecEnv([task.make_env for _ in range(n_envs)]), model, name),
+        "VecLearned (NumPy)": lambda: VecLearnedReward(DummyVecEnv([task.make_env for _ in range(n_envs)]),
+                                                       model.reward_fn(name, compiled=False), name),
         "Monitor+VecLearned": lambda: VecLearnedReward(
             DummyVecEnv([lambda: Monitor(task.make_env()) for _ in range(n_envs)]), model, name),
         "torch predict": lambda: TorchPredict(DummyVecEnv([task.make_env for _ in range(n_envs)]), model, name),
@@ -219,8 +226,8 @@ def main() -> None:
     # thread makes each call wait on a busy core (milliseconds instead of ~70 us): one thread for the reference.
     torch.set_num_threads(args.torch_threads)
     print(f"{platform.processor() or platform.machine()}, python {platform.python_version()}, numpy {np.__version__}, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} thread); {rounds} rounds x {steps} vector steps x "
-          f"{args.n_envs} envs per variant")
+          f"numba {numba.__version__}, torch {torch.__version__} ({torch.get_num_threads()} thread); {rounds} rounds x "
+          f"{steps} vector steps x {args.n_envs} envs per variant")
 
     rows = []
     for name in args.tasks:
@@ -253,10 +260,10 @@ def main() -> None:
 
     header = ("env", "variant", "steps/s (median)", "vs raw", "(p25-p75)", "vs raw+Monitor", "extra us/vec step")
     print()
-    print(f"{header[0]:<18} {header[1]:<20} {header[2]:>16} {header[3]:>8} {header[4]:>13} {header[5]:>14} "
+    print(f"{header[0]:<18} {header[1]:<22} {header[2]:>16} {header[3]:>8} {header[4]:>13} {header[5]:>14} "
           f"{header[6]:>18}")
     for env, k, rate, vs_raw, q1, q3, vs_mon, extra in rows:
-        print(f"{env:<18} {k:<20} {rate:>16,.0f} {vs_raw:>7.3f}x {q1:>6.3f}-{q3:.3f} {vs_mon:>13.3f}x {extra:>18.1f}")
+        print(f"{env:<18} {k:<22} {rate:>16,.0f} {vs_raw:>7.3f}x {q1:>6.3f}-{q3:.3f} {vs_mon:>13.3f}x {extra:>18.1f}")
     print()
     for variant, goal in (("VecLearnedReward", 0.85), ("VecLearned ensemble", 0.7)):
         target = [r for r in rows if r[0].startswith("CartPole") and r[1] == variant]

@@ -106,17 +106,18 @@ class RewardEnsemble:
         mean = y.mean(0).astype(np.float32)
         return (mean, y.std(0).astype(np.float32)) if return_std else mean
 
-    def reward_fn(self, task: str, dtype: str = "auto") -> NumpyEnsembleRewardFn:
+    def reward_fn(self, task: str, dtype: str = "auto", compiled: bool = True) -> NumpyEnsembleRewardFn:
         """The fast NumPy function of ``task``: ``__call__`` gives the mean, ``with_std`` (mean, std) of one
         evaluation; a snapshot of the current weights.
 
         :param dtype: as :meth:`RewardModel.reward_fn`; ``"auto"`` computes in float64 if any member needs it.
+        :param compiled: as :meth:`RewardModel.reward_fn`.
         """
-        fns = [m.reward_fn(task, dtype) for m in self.members]
+        fns = [m.reward_fn(task, dtype, compiled=False) for m in self.members]
         if len({f.dtype for f in fns}) > 1:
-            fns = [m.reward_fn(task, "float64") for m in self.members]
+            fns = [m.reward_fn(task, "float64", compiled=False) for m in self.members]
         gid = self.head_info(task).group
-        return NumpyEnsembleRewardFn.from_members(fns, [[*m.stems[gid], *m.encoder] for m in self.members])
+        return NumpyEnsembleRewardFn.from_members(fns, [[*m.stems[gid], *m.encoder] for m in self.members], compiled)
 
     # ------------------------------------------------------------------ (de)serialization helpers
     def describe(self) -> dict[str, Any]:

@@ -288,12 +288,14 @@ class RewardModel(nn.Module):
         feats = self.features(task, obs, action, next_obs, done)
         return self.forward(task, torch.from_numpy(feats)).numpy().astype(np.float32, copy=False)
 
-    def reward_fn(self, task: str, dtype: str = "auto") -> NumpyRewardFn:
+    def reward_fn(self, task: str, dtype: str = "auto", compiled: bool = True) -> NumpyRewardFn:
         """A fast NumPy :class:`~rlrm.reward_fn.RewardFn` for ``task`` built from the current weights (a snapshot:
         later training is not seen).
 
         :param dtype: ``"float32"``, ``"float64"``, or ``"auto"`` (float32 unless the input standardization has
             large offsets; see :mod:`rlrm.model.numpy_fn`).
+        :param compiled: use the compiled kernel for the default network (:mod:`rlrm.model.compiled`); False: the
+            NumPy path only.
         """
         info = self.head_info(task)
         mean, std, low, high = (t.detach().double().numpy() for t in (*self.normalization(info.group),
@@ -301,7 +303,7 @@ class RewardModel(nn.Module):
         return NumpyRewardFn.from_layers(self.groups[info.group], mean, std, low, high,
                                          [*self.stems[info.group], *self.encoder], self.heads[head_key(task)],
                                          info.label_mean, info.label_std, task, dtype,
-                                         symexp_output=info.label_transform == "symlog")
+                                         symexp_output=info.label_transform == "symlog", compiled=compiled)
 
     # ------------------------------------------------------------------ (de)serialization helpers
     def describe(self) -> dict[str, Any]:

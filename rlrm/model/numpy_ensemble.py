@@ -28,6 +28,7 @@ import numpy as np
 from torch import nn
 
 from rlrm.errors import ConfigError
+from rlrm.model.compiled import relu_mlp
 from rlrm.model.numpy_fn import NumpyRewardFn, _activation, _filler, _relu
 
 _F32 = np.dtype(np.float32)
@@ -61,7 +62,7 @@ class NumpyEnsembleRewardFn:
     """
 
     def __init__(self, template: NumpyRewardFn, weights: list[np.ndarray], posts: list[tuple[list[Any], bool]],
-                 bounds: tuple[np.ndarray, np.ndarray]) -> None:
+                 bounds: tuple[np.ndarray, np.ndarray], compiled: bool = True) -> None:
         """
         :param template: member 0's function: its group, task, spaces and dtype.
         :param weights: per layer, the members' augmented weights stacked ``(K, in + 1, out + 1)``; the head's
@@ -69,6 +70,7 @@ class NumpyEnsembleRewardFn:
         :param posts: per hidden layer, (ops on a ``(K, n, w)`` array, whether they need the view without the
             ones column).
         :param bounds: (low, high) of the raw features per member, ``(K, d)`` each.
+        :param compiled: use the compiled kernel (:mod:`rlrm.model.compiled`) where it applies.
         """
         self.group = template.group
         self.task = template.task
@@ -97,14 +99,24 @@ class NumpyEnsembleRewardFn:
         self._h_dot, self._ht = self._h.dot, self._h.T
         self._fill: Callable[..., bool] = lambda *args: False
         self._layers: Callable[[], None] = lambda: None
+        relu_only = all(post == [_relu] for post, _ in posts)
+        members = [[w[j] for w in weights[:-1]] + [np.asarray(weights[-1][j]).ravel()] for j in range(k)]
+        self._kernel = relu_mlp(self.group, members, list(zip(*bounds)), dt) if compiled and relu_only else None
+
+    @property
+    def compiled(self) -> bool:
+        """Whether ``__call__`` and :meth:`with_std` take the compiled kernel before the NumPy path."""
+        return self._kernel is not None
 
     @classmethod
-    def from_members(cls, fns: list[NumpyRewardFn], modules: list[list[nn.Module]]) -> NumpyEnsembleRewardFn:
+    def from_members(cls, fns: list[NumpyRewardFn], modules: list[list[nn.Module]],
+                     compiled: bool = True) -> NumpyEnsembleRewardFn:
         """Stack the folded paths of K members of one structure.
 
         :param fns: each member's :class:`NumpyRewardFn` for the task, all of one dtype.
         :param modules: each member's modules of that path (stem, then encoder), to rebuild the activations and
             the LayerNorms with every member's own parameters.
+        :param compiled: use the compiled kernel where it applies.
         """
         if any(f.symexp_output for f in fns):
             raise ConfigError(f"task {fns[0].task!r}: an ensemble of models with a symlog label transform has no "
@@ -123,7 +135,7 @@ class NumpyEnsembleRewardFn:
                 ops.append(_activation(m))
             posts[-1] = (ops, on_view or not isinstance(m, nn.ReLU))
         bounds = (np.stack([f.bounds[0] for f in fns]), np.stack([f.bounds[1] for f in fns]))
-        return cls(fns[0], weights, posts, bounds)
+        return cls(fns[0], weights, posts, bounds, compiled)
 
     def _plan(self, n: int) -> None:
         """Buffers for ``n`` rows and the layer operations, bound to them once."""
@@ -176,12 +188,20 @@ class NumpyEnsembleRewardFn:
 
     def __call__(self, obs: Any, action: Any, next_obs: Any, done: Any) -> np.ndarray:
         """The members' mean reward, float32 ``(n,)``."""
+        if self._kernel is not None:
+            both = self._kernel(obs, action, next_obs, done)
+            if both is not None:
+                return both[0]
         self._evaluate(obs, action, next_obs, done)
         mean = self._h_dot(self._head_mean)
         return mean if self.dtype is _F32 else mean.astype(np.float32)
 
     def with_std(self, obs: Any, action: Any, next_obs: Any, done: Any) -> tuple[np.ndarray, np.ndarray]:
         """(mean, std across members) of one evaluation, float32 ``(n,)`` each; std with ddof 0."""
+        if self._kernel is not None:
+            both = self._kernel(obs, action, next_obs, done)
+            if both is not None:
+                return both[0], both[1]
         self._evaluate(obs, action, next_obs, done)
         out = self._head_dev_mean.dot(self._ht)  # (K + 1, n), fresh: deviations, then the mean
         dev = out[:-1]

@@ -25,6 +25,7 @@ from gymnasium import spaces
 from torch import nn
 
 from rlrm import spaces as sp
+from rlrm.model import compiled as _compiled
 from rlrm.model.features import InputGroup
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -208,7 +209,7 @@ class NumpyRewardFn:
 
     def __init__(self, group: InputGroup, layers: list[tuple[np.ndarray, list[Any], bool]],
                  bounds: tuple[np.ndarray, np.ndarray], task: str, dtype: np.dtype | str = "float64",
-                 symexp_output: bool = False) -> None:
+                 symexp_output: bool = False, compiled: bool = True) -> None:
         self.group = group
         self.symexp_output = symexp_output  # the head predicts symlog rewards (a ``symlog`` label transform)
         self.task = task
@@ -223,15 +224,24 @@ class NumpyRewardFn:
         self._ops: tuple[Callable[[], Any], ...] = ()
         self._head: Callable[[], np.ndarray] = lambda: np.empty(0, np.float32)
         self._run: Callable[..., np.ndarray | None] = lambda *args: None
+        relu_only = all(post == [_relu] for _, post, _ in self._layers[:-1])
+        self._kernel = _compiled.relu_mlp(group, [self.layer_weights], [bounds], self.dtype) if (
+            compiled and relu_only and not symexp_output) else None
+
+    @property
+    def compiled(self) -> bool:
+        """Whether calls take the compiled kernel (:mod:`rlrm.model.compiled`) before the NumPy path."""
+        return self._kernel is not None
 
     @classmethod
     def from_layers(cls, group: InputGroup, mean: np.ndarray, std: np.ndarray, low: np.ndarray, high: np.ndarray,
                     modules: list[nn.Module], head: nn.Linear, label_mean: float, label_std: float, task: str,
-                    dtype: str = "auto", symexp_output: bool = False) -> NumpyRewardFn:
+                    dtype: str = "auto", symexp_output: bool = False, compiled: bool = True) -> NumpyRewardFn:
         """Copy the weights of one task's path: input standardization ``(clip(x, low, high) - mean) / std``,
         then ``modules`` (Linear layers, activations, LayerNorms), then ``head`` scaled to label units.
 
         :param dtype: ``"float32"``, ``"float64"``, or ``"auto"`` (see :func:`_choose_dtype`).
+        :param compiled: use the compiled kernel where it applies (False: the NumPy path only).
         """
         # a feature clipped to one value (constant in the data) is a constant term: fold it into the bias exactly
         const = low == high
@@ -256,7 +266,7 @@ class NumpyRewardFn:
         b = head.bias.detach().double().numpy() * label_std + label_mean
         layers.append((np.concatenate([w, b]), [], False))  # a vector: the head is a matrix-vector product
         return cls(group, layers, (low, high), task, _choose_dtype(np.where(const, 0.0, mean), std, dtype),
-                   symexp_output)
+                   symexp_output, compiled)
 
     @property
     def layer_weights(self) -> list[np.ndarray]:
@@ -304,6 +314,10 @@ class NumpyRewardFn:
         self._n = n
 
     def __call__(self, obs: Any, action: Any, next_obs: Any, done: Any) -> np.ndarray:
+        if self._kernel is not None:
+            both = self._kernel(obs, action, next_obs, done)  # None for a batch the kernel declines
+            if both is not None:
+                return both[0]
         y = self._run(obs, action, next_obs, done)  # None unless the batch fits the current plan's short path
         if y is not None:
             return y
