@@ -17,7 +17,9 @@ All with the default model (``RewardModel(ModelConfig())`` plus the task's head,
 random feature standardization and label scale: speed does not depend on them); the ensemble's members are
 such models, each with its own weights, standardization and label scale. The machine may be
 shared, so variants are interleaved in many short rounds (the order rotates each round) and each ratio
-is the median over rounds of the per-round ratio.
+is the median over rounds of the per-round ratio. Rounds are short (200 vector steps, ~0.3 s for all variants)
+so that a neighbour's load changes little within one: with 21 rounds of 1,000 steps (sessions 5-11) the medians
+of one variant moved by ~0.1 from run to run on this host.
 
 The script also checks that VecLearnedReward's rewards equal ``model.predict`` within 1e-5 on the
 transitions it produced (terminal observations and TimeLimit truncation included), and for the ensemble
@@ -214,14 +216,14 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="smoke run: few short rounds")
     p.add_argument("--tasks", nargs="+", default=["CartPole-v1", "Pendulum-v1"])
     p.add_argument("--n-envs", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 21, quick 3)")
-    p.add_argument("--steps", type=int, default=None, help="vector steps per variant per round (default 1000)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 105, quick 3)")
+    p.add_argument("--steps", type=int, default=None, help="vector steps per variant per round (default 200)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--torch-threads", type=int, default=1, help="torch threads for the torch-predict reference")
     p.add_argument("--ensemble", type=int, default=3, help="members of the ensemble variant (0: leave it out)")
     args = p.parse_args()
-    rounds = args.rounds or (3 if args.quick else 21)
-    steps = args.steps or (200 if args.quick else 1000)
+    rounds = args.rounds or (3 if args.quick else 105)
+    steps = args.steps or 200
     # model.predict on 8 rows gains nothing from intra-op threads, and on a loaded 2-core machine a second
     # thread makes each call wait on a busy core (milliseconds instead of ~70 us): one thread for the reference.
     torch.set_num_threads(args.torch_threads)
