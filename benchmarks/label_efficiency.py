@@ -110,6 +110,8 @@ class Budget:
     new_task_methods: bool = True
     #: the first label-draw seed (more seeds for an earlier run: start where it stopped)
     first_seed: int = 0
+    #: how a point's N labeled transitions are chosen from the pool (:data:`SELECTIONS`)
+    select: str = "random"
 
 
 QUICK = Budget(pretrain=2_000, pool=1_200, test=1_000, ns=(16, 64, 1024), weighting_labels=500, weighting_seeds=1,
@@ -181,6 +183,44 @@ def draw_index(size: int, n: int, seed: int, salt: int = 0) -> np.ndarray:
     return np.sort(rng.choice(size, size=min(n, size), replace=False))
 
 
+#: ``random``: a uniform draw per seed (:func:`draw_index`). ``kcenter``: greedy farthest-point selection from a
+#: random first transition (per seed), in the space each method learns in: for the new-task methods the pretrained
+#: model's rewards of the family's training tasks (what a span head mixes), for scratch the raw input features;
+#: each column z-scored over the pool. Only the chosen transitions are labeled, as a person would label them.
+SELECTIONS = ("random", "kcenter")
+
+
+def kcenter_index(points: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of ``n`` rows of ``points`` chosen greedily, each the farthest from those chosen before
+    (z-scored columns), starting from a random row drawn with ``seed``."""
+    std = points.std(0)
+    z = (points - points.mean(0)) / np.where(std > 0, std, 1.0)
+    rng = np.random.default_rng([seed, 7, n])
+    chosen = [int(rng.integers(len(z)))]
+    dist = ((z - z[chosen[0]]) ** 2).sum(1)
+    for _ in range(min(n, len(z)) - 1):
+        i = int(dist.argmax())
+        chosen.append(i)
+        dist = np.minimum(dist, ((z - z[i]) ** 2).sum(1))
+    return np.sort(np.asarray(chosen))
+
+
+def selection_points(base: RewardModel, pool: TransitionDataset, scratch: bool) -> np.ndarray:
+    """The space :data:`SELECTIONS`' ``kcenter`` spreads labels in (see there)."""
+    trained = list(base.tasks)
+    if scratch:
+        return base.features(trained[0], pool.obs, pool.action, pool.next_obs, pool.terminated)
+    return np.stack([predict_dataset(base, replace(pool, task=base.tasks[t].task)) for t in trained], 1)
+
+
+def choose(base: RewardModel, pool: TransitionDataset, n: int, seed: int, select: str,
+           scratch: bool = False) -> TransitionDataset:
+    """The ``n`` labeled transitions of one point (see :data:`SELECTIONS`)."""
+    if select == "random":
+        return draw(pool, n, seed)
+    return pool.subset(kcenter_index(selection_points(base, pool, scratch), n, seed))
+
+
 def draw(ds: TransitionDataset, n: int, seed: int, salt: int = 0) -> TransitionDataset:
     """``n`` random transitions of ``ds`` (sorted, so the subset keeps the dataset's (episode, step) order)."""
     return ds.subset(draw_index(len(ds), n, seed, salt))
@@ -228,7 +268,7 @@ def pretrain(fd: FamilyData, budget: Budget) -> tuple[RewardModel, list[dict[str
 def one_point(base: RewardModel, pool: TransitionDataset, test: TransitionDataset, n: int, seed: int,
               budget: Budget) -> Iterator[dict[str, Any]]:
     """Rows of the four methods for ``n`` labels of one held-out task and seed."""
-    ds = draw(pool, n, seed)
+    ds = choose(base, pool, n, seed, budget.select)
     cfg = fewshot_config(budget, seed)
     if budget.new_task_methods:
         t0 = time.perf_counter()
@@ -245,6 +285,7 @@ def one_point(base: RewardModel, pool: TransitionDataset, test: TransitionDatase
                    **test_metrics(model, test)}
     if not budget.scratch:
         return
+    ds = choose(base, pool, n, seed, budget.select, scratch=True)
     best: tuple[float, float, RewardModel | None] = (-math.inf, float("nan"), None)
     for lr in SCRATCH_LRS:
         t0 = time.perf_counter()
@@ -633,6 +674,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                    "same for the same family, seed and N: compare with an earlier run's scratch rows)")
     p.add_argument("--first-seed", type=int, default=0, help="first label-draw seed (add seeds to an earlier run)")
     p.add_argument("--scratch-only", action="store_true", help="train only the scratch baseline")
+    p.add_argument("--select", choices=SELECTIONS, default="random", help="how the N labeled transitions are "
+                   "chosen from the pool (default: at random; kcenter: spread out, see SELECTIONS)")
     p.add_argument("--summary-only", action="store_true", help="recompute the tables from --out's CSV files")
     p.add_argument("--out", type=Path, default=Path("benchmarks/label_efficiency"))
     args = p.parse_args(argv)
@@ -644,7 +687,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         budget = dataclasses.replace(budget, ns=tuple(args.ns))
     if args.no_scratch:
         budget = dataclasses.replace(budget, scratch=False)
-    budget = dataclasses.replace(budget, first_seed=args.first_seed, new_task_methods=not args.scratch_only)
+    budget = dataclasses.replace(budget, first_seed=args.first_seed, new_task_methods=not args.scratch_only,
+                                 select=args.select)
     seeds = 1 if args.quick else args.seeds
     names = {"runs": "runs.csv", "weighting": "weighting.csv", "transfer": "transfer_cartpole.csv",
              "classic": "classic.csv", "pretrain": "pretrain.csv"}

@@ -4,6 +4,11 @@ write a static answer page (``index.html``, opened from disk: no server, no netw
 Writes ``OUT/queries.jsonl`` (the pairs, blank labels), ``OUT/clips/pairNNNN_{left,right}.gif``,
 ``OUT/index.html`` and ``OUT/query_set.json`` (how the set was made). The page saves ``answers.jsonl``, which
 ``python -m rlrm.train_reward --preferences answers.jsonl`` imports.
+
+With ``--labels N`` it chooses N transitions to label with a number instead (spread out over what ``--model``'s
+earlier tasks reward, or over the raw features: :mod:`rlrm.train.label_choice`) and writes ``OUT/labels.csv``
+(episode, step and a blank label per row): fill in the labels (rows left blank are skipped), then
+``python -m rlrm.train_reward --data DATA --labeler file:OUT/labels.csv --init MODEL``.
 """
 
 from __future__ import annotations
@@ -22,12 +27,14 @@ from rlrm import atomic, cli
 from rlrm import model as reward_model
 from rlrm import spaces as sp
 from rlrm.data.dataset import MANIFEST, TransitionDataset, find_datasets
+from rlrm.data.labels import write_label_file
 from rlrm.data.preferences import PreferenceDataset, SegmentPairs, write_preference_file
 from rlrm.data.query_page import write_query_page
 from rlrm.data.render import write_clips
 from rlrm.data.selection import METHODS, select_pairs
 from rlrm.data.teachers import sample_pairs
 from rlrm.errors import ConfigError, DatasetError
+from rlrm.train.label_choice import choose_labels
 
 PROG = "python -m rlrm.queries"
 FLAGS = {"n": "--n", "select": "--select", "member_returns": "--model", "out": "--out", "write_clips": "--width/--fps",
@@ -50,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "entropy (of the mean preference probability)")
     p.add_argument("--candidates", default="10x",
                    help="candidate pairs to choose from: a number, or a multiple of --n like 10x (default 10x)")
+    p.add_argument("--labels", type=int, default=None, metavar="N",
+                   help="choose N transitions to label with a number (not pairs): writes OUT/labels.csv")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fps", type=float, default=10.0, help="clip frames per second (default 10)")
     p.add_argument("--width", type=int, default=240, help="clip width in pixels (frames are downscaled; default 240)")
@@ -59,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     out = _check_out(args.out)
+    if args.labels is not None:
+        return _label_rows(args, out)
     if args.n < 1:
         raise ConfigError(f"--n {args.n}: expected at least 1 pair")
     n_candidates = _candidates(args.candidates, args.n)
@@ -88,6 +99,27 @@ def main(args: argparse.Namespace) -> int:
         "task": ds.task.name, "pairs": len(pairs), "candidates": len(candidates), "length": args.length,
         "clips": 2 * len(pairs), "page": str(page)}], caption=f"open {page} in a browser, answer, Save answers; then "
                     f"python -m rlrm.train_reward --preferences answers.jsonl")
+    return 0
+
+
+def _label_rows(args: argparse.Namespace, out: Path) -> int:
+    """``--labels N``: the transitions to label, as a label-file template."""
+    data_dir, ds = _dataset(args.data, args.task)
+    if not 1 <= args.labels <= len(ds):
+        raise ConfigError(f"--labels {args.labels}: expected 1 to {len(ds)} (the transitions of {data_dir})")
+    model = None
+    if args.model is not None:
+        loaded = reward_model.load(args.model)
+        model = getattr(loaded, "members", [loaded])[0]  # an ensemble: its first member's earlier tasks
+    index = choose_labels(ds, args.labels, model, args.seed)
+    path = write_label_file(out / "labels.csv", ds.subset(index), blank=True)
+    space = "the model's earlier tasks' rewards" if model is not None and model.group_for(
+        ds.obs_space, ds.action_space) is not None else "the raw features"
+    cli.print_table(f"Transitions to label for {ds.task.name}", [{
+        "task": ds.task.name, "labels": len(index), "of": len(ds), "spread over": space, "file": str(path)}],
+        caption=f"fill in the label column of {path} (rows left blank are skipped), then python -m "
+                f"rlrm.train_reward --data {data_dir} --labeler file:{path}"
+                + (f" --init {args.model}" if args.model is not None else ""))
     return 0
 
 

@@ -10,8 +10,9 @@
   The file is UTF-8 (a byte-order mark, as Excel writes, is fine). ``episode`` and ``step`` are integers
   written as such: ``0.7``, ``3.0`` and ``true`` are refused, not rounded. ``label`` is a number (JSON: not a
   string, not ``true``/``false``), finite within float32's range. The file may label only some transitions:
-  the others are dropped from the labeled dataset (an error only when it labels none). A row that matches no
-  transition, or a duplicate row, is an error.
+  the others are dropped from the labeled dataset (an error only when it labels none). A row whose label is
+  blank (CSV: empty; JSONL: ``null``), as a template from ``python -m rlrm.queries --labels N`` leaves it, is
+  skipped. A row that matches no transition, or a duplicate row, is an error.
 
 Every labeler's output goes through :func:`rlrm.data.dataset.check_labels` (numbers, shape ``(n,)``, finite).
 """
@@ -98,7 +99,8 @@ def load_callable(target: str) -> Callable[[TransitionDataset], np.ndarray]:
 
 
 def read_label_file(path: Path, ds: TransitionDataset) -> np.ndarray:
-    """Labels for the transitions of ``ds`` from a CSV/JSONL file keyed by (episode, step).
+    """Labels for the transitions of ``ds`` from a CSV/JSONL file keyed by (episode, step); a row whose label is
+    blank (CSV: empty; JSONL: ``null``), as in a template a person filled in part of, is skipped.
 
     :return: shape ``(len(ds),)``, NaN for a transition without a row (labels themselves are finite).
     :raise LabelError: a row that matches no transition, a duplicate row, or a non-finite label.
@@ -141,7 +143,10 @@ def _rows(path: Path) -> Iterator[tuple[int, int, int, float]]:
             raise LabelError(f"{path}:{line_no}: expected a JSON object with 'episode', 'step' and 'label', got "
                              f"{_show(rec)}")
         where = f"{path}:{line_no}"
-        yield line_no, _json_int(rec, "episode", where), _json_int(rec, "step", where), _json_number(rec, where)
+        ep, st = _json_int(rec, "episode", where), _json_int(rec, "step", where)
+        if "label" in rec and rec["label"] is None:  # a template row left blank (write_label_file(blank=True))
+            continue
+        yield line_no, ep, st, _json_number(rec, where)
 
 
 def _read_text(path: Path) -> str:
@@ -201,6 +206,8 @@ def _csv_records(path: Path, reader: csv.DictReader) -> Iterator[tuple[int, int,
         for name, value in (("episode", ep), ("step", st)):
             if value is None or not _CSV_INT.fullmatch(value):
                 raise LabelError(f"{where}: field {name!r}: expected an integer, got {value!r}")
+        if label is not None and not label.strip():  # a template row left blank (write_label_file(blank=True))
+            continue
         try:
             value = float(label)
         except (TypeError, ValueError):
@@ -208,15 +215,23 @@ def _csv_records(path: Path, reader: csv.DictReader) -> Iterator[tuple[int, int,
         yield reader.line_num, int(ep), int(st), value
 
 
-def write_label_file(path: Path, ds: TransitionDataset, labels: np.ndarray | None = None) -> None:
-    """Write ``(episode, step, label)`` rows as CSV or JSONL (by suffix) — e.g. a template for human labels."""
+def write_label_file(path: Path, ds: TransitionDataset, labels: np.ndarray | None = None,
+                     blank: bool = False) -> Path:
+    """Write ``(episode, step, label)`` rows as CSV or JSONL (by suffix) — e.g. a template for human labels.
+
+    :param blank: leave every label blank (CSV: empty; JSONL: ``null``), for a person to fill in; rows left
+        blank are skipped when the file is read.
+    :return: ``path``.
+    """
     from rlrm import atomic
 
-    labels = ds.label if labels is None else labels
+    values: list[float | None] = [None] * len(ds) if blank else \
+        [float(v) for v in (ds.label if labels is None else labels)]
     if path.suffix.lower() == ".jsonl":
-        text = "".join(json.dumps({"episode": int(e), "step": int(s), "label": float(v)}) + "\n"
-                       for e, s, v in zip(ds.episode, ds.step, labels))
+        text = "".join(json.dumps({"episode": int(e), "step": int(s), "label": v}) + "\n"
+                       for e, s, v in zip(ds.episode, ds.step, values))
     else:
-        text = "episode,step,label\n" + "".join(f"{int(e)},{int(s)},{float(v)!r}\n"
-                                                for e, s, v in zip(ds.episode, ds.step, labels))
+        text = "episode,step,label\n" + "".join(f"{int(e)},{int(s)},{'' if v is None else repr(v)}\n"
+                                                for e, s, v in zip(ds.episode, ds.step, values))
     atomic.write_bytes(path, text.encode())
+    return path

@@ -1,5 +1,5 @@
 """Which segment pairs to ask a person about: uniform sampling, or the pairs a reward-model ensemble is least sure
-of (pure NumPy).
+of (pure NumPy); and which transitions to label (:func:`spread_index`).
 
 Scores follow PEBBLE / B-Pref: each of ``K`` members predicts the probability that the left segment is preferred,
 ``p_k = sigmoid(R_k(left) - R_k(right))`` (Bradley-Terry on segment returns);
@@ -82,3 +82,35 @@ def _check_returns(member_returns: np.ndarray) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise ConfigError("member_returns: the model predicted non-finite segment returns; expected finite numbers")
     return arr
+
+
+def spread_index(points: np.ndarray, n: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Choose ``n`` rows of ``points`` spread out (greedy k-center): from a random first row, each next row is the
+    one farthest from every row chosen so far, in z-scored columns (a constant column counts for nothing).
+
+    Which transitions to label for a new task: a handful of uniform draws can land on near-duplicates or all
+    miss the region where the new reward differs; spread-out rows cannot (benchmarks/RESULTS.md, issue #9).
+
+    :param points: shape ``(n_candidates, d)``, finite.
+    :param rng: draws the first row (default: a fresh unseeded generator).
+    :return: int64 indices into ``points``, ``n`` distinct ones, in the order chosen.
+    :raises ConfigError: ``points`` not a finite 2-D array, or ``n`` outside ``1..n_candidates``.
+    """
+    rng = rng if rng is not None else np.random.default_rng()
+    pts = np.asarray(points, np.float64)
+    if pts.ndim != 2 or not np.isfinite(pts).all():
+        raise ConfigError(f"points: expected a finite 2-D array of candidates, got shape {pts.shape}")
+    if not 1 <= n <= len(pts):
+        raise ConfigError(f"n: asked for {n} rows out of {len(pts)} candidates; expected 1 <= n <= the number of "
+                          "candidates")
+    std = pts.std(axis=0)
+    z = (pts - pts.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    chosen = [int(rng.integers(len(z)))]
+    dist = ((z - z[chosen[0]]) ** 2).sum(axis=1)
+    dist[chosen[0]] = -1.0  # chosen rows stay below every candidate (duplicates of them are still candidates)
+    for _ in range(n - 1):
+        i = int(dist.argmax())
+        chosen.append(i)
+        np.minimum(dist, ((z - z[i]) ** 2).sum(axis=1), out=dist)
+        dist[i] = -1.0
+    return np.asarray(chosen, np.int64)
