@@ -7,8 +7,9 @@ Writes ``OUT/queries.jsonl`` (the pairs, blank labels), ``OUT/clips/pairNNNN_{le
 
 With ``--labels N`` it chooses N transitions to label with a number instead (spread out over what ``--model``'s
 earlier tasks reward, or over the raw features: :mod:`rlrm.train.label_choice`) and writes ``OUT/labels.csv``
-(episode, step and a blank label per row): fill in the labels (rows left blank are skipped), then
-``python -m rlrm.train_reward --data DATA --labeler file:OUT/labels.csv --init MODEL``.
+(episode, step and a blank label per row): fill in the labels (rows left blank are skipped), collect again as
+the dataset was with ``--labeler file:OUT/labels.csv`` (the same seed gives the same transitions), and train
+with ``python -m rlrm.train_reward --init MODEL``.
 """
 
 from __future__ import annotations
@@ -117,9 +118,9 @@ def _label_rows(args: argparse.Namespace, out: Path) -> int:
         ds.obs_space, ds.action_space) is not None else "the raw features"
     cli.print_table(f"Transitions to label for {ds.task.name}", [{
         "task": ds.task.name, "labels": len(index), "of": len(ds), "spread over": space, "file": str(path)}],
-        caption=f"fill in the label column of {path} (rows left blank are skipped), then python -m "
-                f"rlrm.train_reward --data {data_dir} --labeler file:{path}"
-                + (f" --init {args.model}" if args.model is not None else ""))
+        caption=f"fill in the label column of {path} (rows left blank are skipped); then collect again as "
+                f"{data_dir} was, with --labeler file:{path}, and train on it"
+                + (f" with python -m rlrm.train_reward --init {args.model}" if args.model is not None else ""))
     return 0
 
 

@@ -103,25 +103,32 @@ def test_choose_labels_spreads_over_the_earlier_rewards(cartpole_ds: TransitionD
     assert coverage(chosen) > max(uniform)
 
 
-def test_cli_labels_template_round_trip(cartpole_ds: TransitionDataset, tmp_path: Path,
+def test_cli_labels_template_round_trip(cartpole_ds: TransitionDataset, workdir: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
-    data = cartpole_ds.save(tmp_path / "data" / "CartPole-v1")
-    model_file = rm.save(_family_model(cartpole_ds), tmp_path / "m.safetensors")
-    out = tmp_path / "q"
-    assert entry(["--data", str(data), "--model", str(model_file), "--labels", "6", "--out", str(out)]) == 0
+    """The README's path: collect, choose the transitions to label, a person fills in some, collect again with the
+    file as labeler: the dataset holds exactly the filled-in rows."""
+    from rlrm import collect
+
+    argv = ["--task", "CartPole-v1", "--steps", "1500", "--n-envs", "4", "--seed", "7", "--no-progress"]
+    assert collect.entry([*argv, "--out", "raw"]) == 0
+    raw = TransitionDataset.load("raw/CartPole-v1")
+    model_file = rm.save(_family_model(cartpole_ds), Path("m.safetensors"))
+    capsys.readouterr()
+    assert entry(["--data", "raw", "--model", str(model_file), "--labels", "6", "--out", "q"]) == 0
     printed = " ".join(capsys.readouterr().out.split())
-    assert "earlier tasks' rewards" in printed and "--labeler file:" in printed
-    lines = (out / "labels.csv").read_text().splitlines()
+    assert "earlier tasks' rewards" in printed and "--labeler file:q/labels.csv" in printed
+    lines = Path("q/labels.csv").read_text().splitlines()
     assert lines[0] == "episode,step,label" and len(lines) == 7 and all(line.endswith(",") for line in lines[1:])
-    # a person fills in four labels and leaves two blank: the blank rows are skipped
+    keys = [tuple(map(int, line.split(",")[:2])) for line in lines[1:]]
+    index = choose_labels(raw, 6, _family_model(cartpole_ds), seed=0)  # what the library chooses
+    assert keys == list(zip(raw.episode[index].tolist(), raw.step[index].tolist()))
+    # four labels filled in, two left blank: the blank rows are skipped
     filled = [lines[0]] + [f"{line}{0.25 * i}" if i < 4 else line for i, line in enumerate(lines[1:])]
-    (out / "labels.csv").write_text("\n".join(filled) + "\n")
-    labeled = labels.apply(cartpole_ds, f"file:{out / 'labels.csv'}")
-    np.testing.assert_allclose(np.sort(labeled.label), [0.0, 0.25, 0.5, 0.75])
-    # the same transitions a library call chooses
-    keys = {tuple(map(int, line.split(",")[:2])) for line in lines[1:]}
-    index = choose_labels(cartpole_ds, 6, _family_model(cartpole_ds), seed=0)
-    assert keys == set(zip(cartpole_ds.episode[index].tolist(), cartpole_ds.step[index].tolist()))
+    Path("q/labels.csv").write_text("\n".join(filled) + "\n")
+    assert collect.entry([*argv, "--labeler", "file:q/labels.csv", "--out", "few"]) == 0
+    few = TransitionDataset.load("few/CartPole-v1")
+    assert list(zip(few.episode.tolist(), few.step.tolist())) == keys[:4]
+    np.testing.assert_allclose(few.label, [0.0, 0.25, 0.5, 0.75])
 
 
 def test_cli_labels_without_a_model_and_bad_counts(cartpole_ds: TransitionDataset, tmp_path: Path,
