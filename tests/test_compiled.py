@@ -60,6 +60,7 @@ def test_kernel_matches_numpy_and_torch(space_pair: tuple[spaces.Space, spaces.S
         batch = _batch(*space_pair, n)
         y = fast(*batch)
         assert y.dtype == np.float32 and y.shape == (n,)
+        assert y.flags.writeable  # SB3 adds the bootstrapped value to the rewards in place
         np.testing.assert_allclose(y, slow(*batch), rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(y, model.predict(task, *batch), rtol=1e-5, atol=1e-5)
     # float64 observations (MuJoCo's) and float flags take the kernel too
@@ -84,6 +85,7 @@ def test_ensemble_kernel_mean_and_std() -> None:
     assert fast.compiled and not slow.compiled
     batch = _batch(*CARTPOLE, 8)
     mean, std = fast.with_std(*batch)
+    assert mean.flags.writeable and std.flags.writeable
     ref_mean, ref_std = ens.predict("t", *batch, return_std=True)
     np.testing.assert_allclose(mean, ref_mean, rtol=1e-6)
     np.testing.assert_allclose(std, ref_std, rtol=1e-4, atol=1e-4)

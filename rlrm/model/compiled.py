@@ -159,24 +159,22 @@ def _mlp_rows(x: np.ndarray, low: np.ndarray, high: np.ndarray, hidden: tuple[np
     return out
 
 
-_DECLINED = np.empty((0, 0), np.float32)
-
-
 def _forward_discrete(obs: np.ndarray, action: np.ndarray, next_obs: np.ndarray, done: np.ndarray, k: int,
                       with_done: bool, low: np.ndarray, high: np.ndarray, hidden: tuple[np.ndarray, ...],
                       head: np.ndarray) -> np.ndarray:
     """Features ``[obs, one_hot(action), next_obs(, done), 1]`` then :func:`_mlp_rows`; an empty array for a batch
-    of mismatched shapes or an action outside ``[0, k)``."""
+    of mismatched shapes or an action outside ``[0, k)`` (made here: returning a global array would make numba
+    type every result read-only, and SB3 adds to the rewards it gets in place)."""
     n, d = obs.shape
     m = 2 * d + k + (1 if with_done else 0)
     if (action.shape[0] != n or next_obs.shape[0] != n or next_obs.shape[1] != d or low.shape[1] != m + 1
             or (with_done and done.shape[0] != n)):
-        return _DECLINED
+        return np.empty((0, 0), np.float32)
     x = np.zeros((n, m + 1), low.dtype)
     for i in range(n):
         a = action[i]
         if a < 0 or a >= k:
-            return _DECLINED
+            return np.empty((0, 0), np.float32)
         for c in range(d):
             x[i, c] = obs[i, c]
             x[i, d + k + c] = next_obs[i, c]
@@ -195,7 +193,7 @@ def _forward_box(obs: np.ndarray, action: np.ndarray, next_obs: np.ndarray, done
     m = 2 * d + k + (1 if with_done else 0)
     if (action.shape[0] != n or action.shape[1] != k or next_obs.shape[0] != n or next_obs.shape[1] != d
             or low.shape[1] != m + 1 or (with_done and done.shape[0] != n)):
-        return _DECLINED
+        return np.empty((0, 0), np.float32)
     x = np.empty((n, m + 1), low.dtype)
     for i in range(n):
         for c in range(d):
