@@ -58,6 +58,7 @@ from rlrm.tasks import Task, load_catalog
 from rlrm.train import fewshot
 from rlrm.train.fewshot import cross_validates, extend_model
 from rlrm.train.heldout import epic_to_labels, predict_dataset
+from rlrm.train.label_choice import choose_labels
 from rlrm.train.loop import TrainConfig, train_reward_model
 from rlrm.train.span import span_model
 from rlrm.train.transfer import single_task_comparison
@@ -183,34 +184,12 @@ def draw_index(size: int, n: int, seed: int, salt: int = 0) -> np.ndarray:
     return np.sort(rng.choice(size, size=min(n, size), replace=False))
 
 
-#: ``random``: a uniform draw per seed (:func:`draw_index`). ``kcenter``: greedy farthest-point selection from a
-#: random first transition (per seed), in the space each method learns in: for the new-task methods the pretrained
-#: model's rewards of the family's training tasks (what a span head mixes), for scratch the raw input features;
-#: each column z-scored over the pool. Only the chosen transitions are labeled, as a person would label them.
+#: ``random``: a uniform draw per seed (:func:`draw_index`). ``kcenter``: the library's
+#: :func:`rlrm.train.label_choice.choose_labels` (greedy farthest-point from a random first transition, per seed and
+#: N) in the space each method learns in: for the new-task methods the pretrained model's rewards of the family's
+#: training tasks (what a span head mixes), for scratch (no model) the raw input features. Only the chosen
+#: transitions are labeled, as a person would label them.
 SELECTIONS = ("random", "kcenter")
-
-
-def kcenter_index(points: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Sorted indices of ``n`` rows of ``points`` chosen greedily, each the farthest from those chosen before
-    (z-scored columns), starting from a random row drawn with ``seed``."""
-    std = points.std(0)
-    z = (points - points.mean(0)) / np.where(std > 0, std, 1.0)
-    rng = np.random.default_rng([seed, 7, n])
-    chosen = [int(rng.integers(len(z)))]
-    dist = ((z - z[chosen[0]]) ** 2).sum(1)
-    for _ in range(min(n, len(z)) - 1):
-        i = int(dist.argmax())
-        chosen.append(i)
-        dist = np.minimum(dist, ((z - z[i]) ** 2).sum(1))
-    return np.sort(np.asarray(chosen))
-
-
-def selection_points(base: RewardModel, pool: TransitionDataset, scratch: bool) -> np.ndarray:
-    """The space :data:`SELECTIONS`' ``kcenter`` spreads labels in (see there)."""
-    trained = list(base.tasks)
-    if scratch:
-        return base.features(trained[0], pool.obs, pool.action, pool.next_obs, pool.terminated)
-    return np.stack([predict_dataset(base, replace(pool, task=base.tasks[t].task)) for t in trained], 1)
 
 
 def choose(base: RewardModel, pool: TransitionDataset, n: int, seed: int, select: str,
@@ -218,7 +197,8 @@ def choose(base: RewardModel, pool: TransitionDataset, n: int, seed: int, select
     """The ``n`` labeled transitions of one point (see :data:`SELECTIONS`)."""
     if select == "random":
         return draw(pool, n, seed)
-    return pool.subset(kcenter_index(selection_points(base, pool, scratch), n, seed))
+    first = int(np.random.default_rng([seed, 7, n]).integers(2**31))  # a draw per (seed, N), as draw_index
+    return pool.subset(choose_labels(pool, n, None if scratch else base, first))
 
 
 def draw(ds: TransitionDataset, n: int, seed: int, salt: int = 0) -> TransitionDataset:
