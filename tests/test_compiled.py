@@ -56,13 +56,16 @@ def test_kernel_matches_numpy_and_torch(space_pair: tuple[spaces.Space, spaces.S
     model, task = _model(*space_pair)
     fast, slow = model.reward_fn(task, dtype), model.reward_fn(task, dtype, compiled=False)
     assert fast.compiled and not slow.compiled
-    for n in (1, 8, 37):
+    for n in (1, 8, compiled.MAX_ROWS):
         batch = _batch(*space_pair, n)
         y = fast(*batch)
         assert y.dtype == np.float32 and y.shape == (n,)
         assert y.flags.writeable  # SB3 adds the bootstrapped value to the rewards in place
         np.testing.assert_allclose(y, slow(*batch), rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(y, model.predict(task, *batch), rtol=1e-5, atol=1e-5)
+    # a larger batch (EPIC, a replay buffer) takes the NumPy path: the very same numbers
+    big = _batch(*space_pair, compiled.MAX_ROWS + 1)
+    np.testing.assert_array_equal(fast(*big), slow(*big))
     # float64 observations (MuJoCo's) and float flags take the kernel too
     obs, action, nxt, done = _batch(*space_pair, 8)
     wide = (obs.astype(np.float64), action, nxt.astype(np.float64), done.astype(np.float32))

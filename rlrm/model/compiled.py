@@ -4,9 +4,9 @@ On a vector step of a few envs the NumPy path (:mod:`rlrm.model.numpy_fn`) costs
 fixed cost dwarfs the arithmetic; one compiled call replaces them all, and an ensemble's K members cost one
 call too (benchmarks/RESULTS.md, "Wrapper overhead: a compiled kernel"). It covers the default network and
 inputs only: a 1-D Box observation, a Discrete (start 0) or 1-D Box action, inputs ``obs, action, next_obs``
-and optionally ``done``, Linear+ReLU hidden layers and a plain head. Everything else, and any batch the
-kernel declines (a list, another dtype or shape, an action out of range), takes the NumPy path, which gives
-the same numbers (within float rounding) and the same errors.
+and optionally ``done``, Linear+ReLU hidden layers and a plain head, on batches of at most :data:`MAX_ROWS` rows.
+Everything else, and any batch the kernel declines (a list, another dtype or shape, an action out of range),
+takes the NumPy path, which gives the same numbers (within float rounding) and the same errors.
 
 The kernel is compiled on first use for each combination of argument types (a few seconds) and cached on disk
 by numba; without numba, or with ``NUMBA_DISABLE_JIT=1``, every call takes the NumPy path.
@@ -29,6 +29,11 @@ except ImportError:  # pragma: no cover - numba is a dependency; a platform with
     numba = None
 
 _F32, _F64, _BOOL, _I64 = (np.dtype(t) for t in (np.float32, np.float64, bool, np.int64))
+
+#: the kernel takes batches of at most this many rows (a VecEnv's step); larger ones (EPIC, relabelling a buffer)
+#: go to the NumPy path, whose BLAS calls beat the kernel's row-by-row loops once their fixed cost is spread
+#: (on this project's 2-core host the kernel costs ~0.7 us a row for the default network: benchmarks/RESULTS.md)
+MAX_ROWS = 32
 
 
 def available() -> bool:
@@ -63,7 +68,7 @@ def relu_mlp(group: InputGroup, members: list[list[np.ndarray]], bounds: list[tu
     :param bounds: per member, the (low, high) its raw features are clipped to.
     :param dtype: the hidden layers' dtype (the head and the members' mean and std are computed in float64).
     :return: ``run`` gives a fresh float32 ``(2, n)`` array (the members' mean, then their std with ddof 0) or
-        ``None`` for a batch it declines.
+        ``None`` for a batch it declines (more than :data:`MAX_ROWS` rows among them).
     """
     layout = default_layout(group)
     if layout is None or not available():
@@ -83,8 +88,9 @@ def relu_mlp(group: InputGroup, members: list[list[np.ndarray]], bounds: list[tu
     def run(obs: Any, action: Any, next_obs: Any, done: Any) -> np.ndarray | None:
         # only the argument types the kernel is meant for (each new combination would be compiled)
         if (type(obs) is not np.ndarray or type(next_obs) is not np.ndarray or type(action) is not np.ndarray
-                or obs.ndim != 2 or next_obs.ndim != 2 or (obs.dtype is not _F32 and obs.dtype is not _F64)
-                or next_obs.dtype is not obs.dtype or state["broken"]):
+                or obs.ndim != 2 or next_obs.ndim != 2 or len(obs) > MAX_ROWS
+                or (obs.dtype is not _F32 and obs.dtype is not _F64) or next_obs.dtype is not obs.dtype
+                or state["broken"]):
             return None
         if discrete:
             if action.ndim != 1 or action.dtype is not _I64:
