@@ -102,8 +102,7 @@ def _filler(group: InputGroup, n: int, out: np.ndarray, dtype: np.dtype) -> Call
     concatenate = np.concatenate
     kinds = [(k, i) for k, i, _ in plan]
     with_done = kinds[-1:] == [(done, 3)]
-    default = kinds[:3] in ([(box, 0), (box, 1), (box, 2)], [(box, 0), (discrete, 1), (box, 2)])
-    if default and len(kinds) == 3 + with_done:
+    if n > 0 and _compiled.default_layout(group) is not None:  # the layout the compiled kernel takes too
         # The default inputs (obs, action, next_obs[, done]) on a Box observation space, unrolled: each part is
         # copied into its columns with ``view[...] = part`` (np.concatenate costs several times more; see
         # benchmarks/RESULTS.md). Assignment would broadcast and cast anything, so shapes must match exactly and
