@@ -144,7 +144,7 @@ def test_a_failing_kernel_falls_back_with_one_warning(monkeypatch: pytest.Monkey
     def broken(*args: object) -> np.ndarray:
         raise RuntimeError("cannot cache function: no writable location")
 
-    monkeypatch.setattr(compiled, "_forward_discrete", broken)
+    monkeypatch.setattr(compiled, "_mean_discrete", broken)
     model, task = _model(*CARTPOLE)
     fast, slow = model.reward_fn(task), model.reward_fn(task, compiled=False)
     batch = _batch(*CARTPOLE, 8)

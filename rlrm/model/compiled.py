@@ -58,8 +58,41 @@ def default_layout(group: InputGroup) -> tuple[int, int, bool, bool] | None:
     return None
 
 
+#: fields of a packed parameter array before the hidden layers' widths: members, hidden layers, obs dim, action
+#: columns, done input (see :func:`_pack`)
+_HEAD = 5
+
+
+def _pack(layout: tuple[int, int, bool, bool], members: list[list[np.ndarray]],
+          bounds: list[tuple[np.ndarray, np.ndarray]], dtype: np.dtype) -> np.ndarray | None:
+    """Every number the kernel needs in one flat array (on a vector step each argument of a compiled call costs, a
+    tuple of arrays most): the header (:data:`_HEAD` fields, then the widths), then per member its feature bounds
+    ``low, high``, each hidden layer's weight ``(in, out)`` and bias, the head's weights and bias. ``None`` if the
+    layers do not chain."""
+    d, k, _, with_done = layout
+    m = 2 * d + k + with_done
+    widths = [w.shape[1] - 1 for w in members[0][:-1]]
+    if not widths:
+        return None
+    parts: list[np.ndarray] = [np.array([len(members), len(widths), d, k, with_done, *widths], np.float64)]
+    for ws, (lo, hi) in zip(members, bounds):
+        if len(ws) != len(widths) + 1 or np.shape(lo) != (m,) or np.shape(hi) != (m,):
+            return None
+        parts += [np.asarray(lo, np.float64), np.asarray(hi, np.float64)]
+        rows = m
+        for w, cols in zip(ws[:-1], widths):
+            if w.shape != (rows + 1, cols + 1):
+                return None
+            parts += [w[:-1, :-1].ravel(), w[-1, :-1]]  # an augmented weight: (in, out) above its bias row
+            rows = cols
+        if ws[-1].shape != (rows + 1,):
+            return None
+        parts.append(ws[-1])  # the head: weights, then the bias
+    return np.ascontiguousarray(np.concatenate(parts), dtype=dtype)
+
+
 def relu_mlp(group: InputGroup, members: list[list[np.ndarray]], bounds: list[tuple[np.ndarray, np.ndarray]],
-             dtype: np.dtype) -> Callable[..., np.ndarray | None] | None:
+             dtype: np.dtype, std: bool = False) -> Callable[..., np.ndarray | None] | None:
     """A compiled ``run(obs, action, next_obs, done)`` for the members' Linear+ReLU paths, or ``None`` when the
     group's layout is not the default one or numba is unavailable.
 
@@ -67,21 +100,19 @@ def relu_mlp(group: InputGroup, members: list[list[np.ndarray]], bounds: list[tu
         layers ``(in + 1, out + 1)`` with a bias row and a column carrying the ones, then the head's vector).
     :param bounds: per member, the (low, high) its raw features are clipped to.
     :param dtype: the hidden layers' dtype (the head and the members' mean and std are computed in float64).
-    :return: ``run`` gives a fresh float32 ``(2, n)`` array (the members' mean, then their std with ddof 0) or
-        ``None`` for a batch it declines (more than :data:`MAX_ROWS` rows among them).
+    :param std: ``run`` gives a fresh float32 ``(2, n)`` array, the members' mean then their std (ddof 0);
+        otherwise a fresh float32 ``(n,)`` array, the mean. ``None`` for a batch it declines.
     """
     layout = default_layout(group)
     if layout is None or not available():
         return None
-    d, k, discrete, with_done = layout
-    dt = np.dtype(dtype)
-    hidden = tuple(np.ascontiguousarray(np.stack(ws), dtype=dt) for ws in zip(*(m[:-1] for m in members)))
-    head = np.ascontiguousarray(np.stack([m[-1] for m in members]), dtype=np.float64)
-    low = np.ascontiguousarray(np.stack([np.r_[lo, 1.0] for lo, _ in bounds]), dtype=dt)
-    high = np.ascontiguousarray(np.stack([np.r_[hi, 1.0] for _, hi in bounds]), dtype=dt)
-    if low.shape[1] != 2 * d + k + with_done + 1 or not hidden:
+    params = _pack(layout, members, bounds, np.dtype(dtype))
+    if params is None:
         return None
-    kernel = _forward_discrete if discrete else _forward_box
+    discrete, with_done = layout[2], layout[3]
+    kernels = {(False, True): _mean_discrete, (False, False): _mean_box, (True, True): _stats_discrete,
+               (True, False): _stats_box}
+    kernel = kernels[std, discrete]
     no_done = np.zeros(0, _BOOL)
     state = {"broken": False}
 
@@ -103,104 +134,116 @@ def relu_mlp(group: InputGroup, members: list[list[np.ndarray]], bounds: list[tu
                 done.dtype is not _BOOL and done.dtype is not _F32 and done.dtype is not _F64):
             return None
         try:
-            y = kernel(obs, action, next_obs, done, k, with_done, low, high, hidden, head)
+            y = kernel(obs, action, next_obs, done, params)
         except Exception as err:  # a compile or cache failure: keep the NumPy path from now on
             state["broken"] = True
             warnings.warn(f"rlrm: the compiled reward kernel failed ({type(err).__name__}: {err}); using the NumPy "
                           "path", RuntimeWarning, stacklevel=2)
             return None
-        return y if y.shape[0] else None
+        return y if y.shape[-1] else None  # no rows: declined (or an empty batch, which NumPy answers)
 
     return run
 
 
-def _mlp_rows(x: np.ndarray, low: np.ndarray, high: np.ndarray, hidden: tuple[np.ndarray, ...],
-              head: np.ndarray) -> np.ndarray:
-    """Clip each member's copy of the features ``x`` (``(n, d + 1)``, a ones column last), run its layers, and
-    return float32 ``(2, n)``: the members' mean and std (ddof 0)."""
+def _net(x: np.ndarray, p: np.ndarray, mean: np.ndarray, std: np.ndarray) -> None:
+    """Run the packed members (:func:`_pack`) on the raw features ``x`` (``(n, m)``): clip, Linear+ReLU layers,
+    head (float64). Writes the members' mean into ``mean`` and, if ``std`` has ``n`` entries, their std (ddof 0).
+
+    Hidden values are kept before their ReLU and rectified as the next layer reads them; a row of the weights is
+    skipped where its input is zero (the one-hot columns, half the ReLU outputs)."""
     n, m = x.shape
-    kk = low.shape[0]
-    nl = len(hidden)
+    kk = int(p[0])
+    nl = int(p[1])
     width = m
     for layer in range(nl):
-        width = max(width, hidden[layer].shape[2])
-    a = np.empty(width, x.dtype)
-    h = np.empty((nl, width), x.dtype)  # each layer's output in its own row: no aliasing, the loops vectorize
+        width = max(width, int(p[_HEAD + layer]))
+    a = np.empty(m, p.dtype)
+    h = np.empty((nl, width), p.dtype)  # each layer's output in its own row: no aliasing, the loops vectorize
     ys = np.empty(kk)
-    out = np.empty((2, n), np.float32)
+    with_std = std.shape[0] == n
     for i in range(n):
+        off = _HEAD + nl
         for j in range(kk):
             for c in range(m):
                 v = x[i, c]
-                lo = low[j, c]
-                hi = high[j, c]
+                lo = p[off + c]
+                hi = p[off + m + c]
                 a[c] = lo if v < lo else hi if v > hi else v
+            off += 2 * m
+            rows = m
             for layer in range(nl):
-                w = hidden[layer][j]
-                rows, cols = w.shape
-                src = a if layer == 0 else h[layer - 1]
+                cols = int(p[_HEAD + layer])
+                w = p[off:off + rows * cols].reshape((rows, cols))
+                off += rows * cols
                 dst = h[layer]
                 for q in range(cols):
-                    dst[q] = 0.0
-                for r in range(rows):
-                    v = src[r]
-                    if v != 0.0:  # ReLU zeros and one-hot columns: about half the rows
-                        for q in range(cols):
-                            dst[q] += v * w[r, q]
-                for q in range(cols):
-                    if dst[q] < 0.0:
-                        dst[q] = 0.0
+                    dst[q] = p[off + q]
+                off += cols
+                if layer == 0:
+                    for r in range(rows):
+                        v = a[r]
+                        if v != 0.0:
+                            for q in range(cols):
+                                dst[q] += v * w[r, q]
+                else:
+                    src = h[layer - 1]
+                    for r in range(rows):
+                        v = src[r]
+                        if not v <= 0.0:  # the previous layer's ReLU (a NaN passes, as through torch's)
+                            for q in range(cols):
+                                dst[q] += v * w[r, q]
+                rows = cols
             last = h[nl - 1]
-            hw = head[j]
             y = 0.0
-            for q in range(hw.shape[0]):
-                y += np.float64(last[q]) * hw[q]
-            ys[j] = y
-        mean = ys.sum() / kk
-        var = 0.0
-        for j in range(kk):
-            var += (ys[j] - mean) ** 2
-        out[0, i] = mean
-        out[1, i] = np.sqrt(var / kk)
-    return out
+            for q in range(rows):
+                v = last[q]
+                if not v <= 0.0:
+                    y += np.float64(v) * np.float64(p[off + q])
+            ys[j] = y + np.float64(p[off + rows])
+            off += rows + 1
+        mu = ys.sum() / kk
+        mean[i] = mu
+        if with_std:
+            var = 0.0
+            for j in range(kk):
+                var += (ys[j] - mu) ** 2
+            std[i] = np.sqrt(var / kk)
 
 
-def _forward_discrete(obs: np.ndarray, action: np.ndarray, next_obs: np.ndarray, done: np.ndarray, k: int,
-                      with_done: bool, low: np.ndarray, high: np.ndarray, hidden: tuple[np.ndarray, ...],
-                      head: np.ndarray) -> np.ndarray:
-    """Features ``[obs, one_hot(action), next_obs(, done), 1]`` then :func:`_mlp_rows`; an empty array for a batch
-    of mismatched shapes or an action outside ``[0, k)`` (made here: returning a global array would make numba
-    type every result read-only, and SB3 adds to the rewards it gets in place)."""
-    n, d = obs.shape
+def _features_discrete(obs: np.ndarray, action: np.ndarray, next_obs: np.ndarray, done: np.ndarray,
+                       p: np.ndarray) -> np.ndarray:
+    """Raw features ``[obs, one_hot(action), next_obs(, done)]`` (``(n, m)``, in the parameters' dtype); no rows
+    for a batch of mismatched shapes or an action outside ``[0, k)``."""
+    n = obs.shape[0]
+    d, k, with_done = int(p[2]), int(p[3]), p[4] != 0
     m = 2 * d + k + (1 if with_done else 0)
-    if (action.shape[0] != n or next_obs.shape[0] != n or next_obs.shape[1] != d or low.shape[1] != m + 1
+    if (obs.shape[1] != d or action.shape[0] != n or next_obs.shape[0] != n or next_obs.shape[1] != d
             or (with_done and done.shape[0] != n)):
-        return np.empty((0, 0), np.float32)
-    x = np.zeros((n, m + 1), low.dtype)
+        return np.empty((0, m), p.dtype)
+    x = np.zeros((n, m), p.dtype)
     for i in range(n):
         a = action[i]
         if a < 0 or a >= k:
-            return np.empty((0, 0), np.float32)
+            return np.empty((0, m), p.dtype)
         for c in range(d):
             x[i, c] = obs[i, c]
             x[i, d + k + c] = next_obs[i, c]
         x[i, d + a] = 1.0
         if with_done:
             x[i, m - 1] = done[i]
-        x[i, m] = 1.0
-    return _mlp_rows(x, low, high, hidden, head)
+    return x
 
 
-def _forward_box(obs: np.ndarray, action: np.ndarray, next_obs: np.ndarray, done: np.ndarray, k: int,
-                 with_done: bool, low: np.ndarray, high: np.ndarray, hidden: tuple[np.ndarray, ...],
-                 head: np.ndarray) -> np.ndarray:
-    """:func:`_forward_discrete` for a Box action of ``k`` columns."""
-    n, d = obs.shape
+def _features_box(obs: np.ndarray, action: np.ndarray, next_obs: np.ndarray, done: np.ndarray,
+                  p: np.ndarray) -> np.ndarray:
+    """:func:`_features_discrete` for a Box action of ``k`` columns."""
+    n = obs.shape[0]
+    d, k, with_done = int(p[2]), int(p[3]), p[4] != 0
     m = 2 * d + k + (1 if with_done else 0)
-    if (action.shape[0] != n or action.shape[1] != k or next_obs.shape[0] != n or next_obs.shape[1] != d
-            or low.shape[1] != m + 1 or (with_done and done.shape[0] != n)):
-        return np.empty((0, 0), np.float32)
-    x = np.empty((n, m + 1), low.dtype)
+    if (obs.shape[1] != d or action.shape[0] != n or action.shape[1] != k or next_obs.shape[0] != n
+            or next_obs.shape[1] != d or (with_done and done.shape[0] != n)):
+        return np.empty((0, m), p.dtype)
+    x = np.empty((n, m), p.dtype)
     for i in range(n):
         for c in range(d):
             x[i, c] = obs[i, c]
@@ -209,12 +252,50 @@ def _forward_box(obs: np.ndarray, action: np.ndarray, next_obs: np.ndarray, done
             x[i, d + c] = action[i, c]
         if with_done:
             x[i, m - 1] = done[i]
-        x[i, m] = 1.0
-    return _mlp_rows(x, low, high, hidden, head)
+    return x
+
+
+# The entry points: features, then the members; results are made here (returning a global array would make numba
+# type every result read-only, and SB3 adds to the rewards it gets in place).
+
+def _mean_discrete(obs: np.ndarray, action: np.ndarray, next_obs: np.ndarray, done: np.ndarray,
+                   p: np.ndarray) -> np.ndarray:
+    x = _features_discrete(obs, action, next_obs, done, p)
+    mean = np.empty(x.shape[0], np.float32)
+    _net(x, p, mean, mean[:0])
+    return mean
+
+
+def _mean_box(obs: np.ndarray, action: np.ndarray, next_obs: np.ndarray, done: np.ndarray,
+              p: np.ndarray) -> np.ndarray:
+    x = _features_box(obs, action, next_obs, done, p)
+    mean = np.empty(x.shape[0], np.float32)
+    _net(x, p, mean, mean[:0])
+    return mean
+
+
+def _stats_discrete(obs: np.ndarray, action: np.ndarray, next_obs: np.ndarray, done: np.ndarray,
+                    p: np.ndarray) -> np.ndarray:
+    x = _features_discrete(obs, action, next_obs, done, p)
+    out = np.empty((2, x.shape[0]), np.float32)
+    _net(x, p, out[0], out[1])
+    return out
+
+
+def _stats_box(obs: np.ndarray, action: np.ndarray, next_obs: np.ndarray, done: np.ndarray,
+               p: np.ndarray) -> np.ndarray:
+    x = _features_box(obs, action, next_obs, done, p)
+    out = np.empty((2, x.shape[0]), np.float32)
+    _net(x, p, out[0], out[1])
+    return out
 
 
 if numba is not None:  # compiled lazily per argument types, cached on disk; the plain functions stay testable
     _jit = numba.njit(cache=True, nogil=True, boundscheck=False)
-    _mlp_rows = _jit(_mlp_rows)
-    _forward_discrete = _jit(_forward_discrete)
-    _forward_box = _jit(_forward_box)
+    _net = _jit(_net)
+    _features_discrete = _jit(_features_discrete)
+    _features_box = _jit(_features_box)
+    _mean_discrete = _jit(_mean_discrete)
+    _mean_box = _jit(_mean_box)
+    _stats_discrete = _jit(_stats_discrete)
+    _stats_box = _jit(_stats_box)

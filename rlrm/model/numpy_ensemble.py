@@ -101,7 +101,9 @@ class NumpyEnsembleRewardFn:
         self._layers: Callable[[], None] = lambda: None
         relu_only = all(post == [_relu] for post, _ in posts)
         members = [[w[j] for w in weights[:-1]] + [np.asarray(weights[-1][j]).ravel()] for j in range(k)]
-        self._kernel = relu_mlp(self.group, members, list(zip(*bounds)), dt) if compiled and relu_only else None
+        kernel = compiled and relu_only
+        self._kernel = relu_mlp(self.group, members, list(zip(*bounds)), dt) if kernel else None
+        self._kernel_std = relu_mlp(self.group, members, list(zip(*bounds)), dt, std=True) if kernel else None
 
     @property
     def compiled(self) -> bool:
@@ -189,17 +191,17 @@ class NumpyEnsembleRewardFn:
     def __call__(self, obs: Any, action: Any, next_obs: Any, done: Any) -> np.ndarray:
         """The members' mean reward, float32 ``(n,)``."""
         if self._kernel is not None:
-            both = self._kernel(obs, action, next_obs, done)
-            if both is not None:
-                return both[0]
+            mean = self._kernel(obs, action, next_obs, done)
+            if mean is not None:
+                return mean
         self._evaluate(obs, action, next_obs, done)
         mean = self._h_dot(self._head_mean)
         return mean if self.dtype is _F32 else mean.astype(np.float32)
 
     def with_std(self, obs: Any, action: Any, next_obs: Any, done: Any) -> tuple[np.ndarray, np.ndarray]:
         """(mean, std across members) of one evaluation, float32 ``(n,)`` each; std with ddof 0."""
-        if self._kernel is not None:
-            both = self._kernel(obs, action, next_obs, done)
+        if self._kernel_std is not None:
+            both = self._kernel_std(obs, action, next_obs, done)
             if both is not None:
                 return both[0], both[1]
         self._evaluate(obs, action, next_obs, done)

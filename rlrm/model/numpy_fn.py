@@ -314,9 +314,9 @@ class NumpyRewardFn:
 
     def __call__(self, obs: Any, action: Any, next_obs: Any, done: Any) -> np.ndarray:
         if self._kernel is not None:
-            both = self._kernel(obs, action, next_obs, done)  # None for a batch the kernel declines
-            if both is not None:
-                return both[0]
+            y = self._kernel(obs, action, next_obs, done)  # None for a batch the kernel declines
+            if y is not None:
+                return y
         y = self._run(obs, action, next_obs, done)  # None unless the batch fits the current plan's short path
         if y is not None:
             return y
