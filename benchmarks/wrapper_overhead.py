@@ -12,6 +12,12 @@ Variants (each a DummyVecEnv of ``task.make_env()``, stepped with the same pre-d
                            std (``info["reward_std"]``) from one batched evaluation per vector step (issue #10)
 - ``... (NumPy)``          the same two with the compiled kernel off (``reward_fn(task, compiled=False)``): the NumPy
                            path, for the kernel's gain in the same rounds
+- ``pass-through``         a VecEnvWrapper that only forwards: the cost of any wrapper layer
+- ``VecLearned const``     VecLearnedReward with a reward function that returns zeros (no network): the wrapper's
+                           own bookkeeping (terminal observations, infos, learned returns)
+- ``VecLearned tiny net``  VecLearnedReward with an 8-unit network on the compiled kernel: the fixed cost of a
+                           compiled call, with almost no arithmetic (``--decompose``; with the two above, it splits
+                           VecLearnedReward's extra time into wrapper layer, bookkeeping, call, arithmetic)
 
 All with the default model (``RewardModel(ModelConfig())`` plus the task's head, initial weights with a
 random feature standardization and label scale: speed does not depend on them); the ensemble's members are
@@ -79,10 +85,33 @@ class TorchPredict(VecEnvWrapper):
         return obs, learned, dones, infos
 
 
-def default_model(task: Task, done_input: bool = False, seed: int = 0) -> RewardModel:
+class PassThrough(VecEnvWrapper):
+    """Reference: a wrapper that only forwards."""
+
+    def reset(self):
+        return self.venv.reset()
+
+    def step_wait(self):
+        return self.venv.step_wait()
+
+
+class ConstantReward:
+    """Reference: a RewardFn without a network (zeros), for the wrapper's bookkeeping alone."""
+
+    def __init__(self, task: Task) -> None:
+        env = task.make_env()
+        self.observation_space, self.action_space = env.observation_space, env.action_space
+        env.close()
+
+    def __call__(self, obs, action, next_obs, done) -> np.ndarray:
+        return np.zeros(len(obs), np.float32)
+
+
+def default_model(task: Task, done_input: bool = False, seed: int = 0, encoder: list[int] | None = None) -> RewardModel:
     torch.manual_seed(seed)
     env = task.make_env()
-    model = RewardModel(ModelConfig(inputs=["obs", "action", "next_obs", "done"]) if done_input else ModelConfig())
+    config = ModelConfig(**({"encoder": encoder} if encoder else {}))
+    model = RewardModel(ModelConfig(inputs=["obs", "action", "next_obs", "done"]) if done_input else config)
     model.add_task(task, env.observation_space, env.action_space)
     if done_input:  # make the flag matter: a large weight on the done column
         with torch.no_grad():
@@ -104,9 +133,19 @@ def default_ensemble(task: Task, k: int) -> RewardEnsemble:
     return RewardEnsemble([default_model(task, seed=i) for i in range(k)])
 
 
-def variants(task: Task, n_envs: int, model: RewardModel,
-             ensemble: RewardEnsemble | None = None) -> dict[str, Callable[[], VecEnv]]:
+def variants(task: Task, n_envs: int, model: RewardModel, ensemble: RewardEnsemble | None = None,
+             decompose: bool = False) -> dict[str, Callable[[], VecEnv]]:
     name = task.name
+    if decompose:
+        tiny = default_model(task, encoder=[8])
+        extra_ref = {
+            "pass-through": lambda: PassThrough(DummyVecEnv([task.make_env for _ in range(n_envs)])),
+            "VecLearned const": lambda: VecLearnedReward(DummyVecEnv([task.make_env for _ in range(n_envs)]),
+                                                         ConstantReward(task)),
+            "VecLearned tiny net": lambda: VecLearnedReward(DummyVecEnv([task.make_env for _ in range(n_envs)]),
+                                                            tiny, name)}
+    else:
+        extra_ref = {}
     extra = {} if ensemble is None else {
         "VecLearned ensemble": lambda: VecLearnedReward(DummyVecEnv([task.make_env for _ in range(n_envs)]),
                                                         ensemble, name),
@@ -124,6 +163,7 @@ def variants(task: Task, n_envs: int, model: RewardModel,
             DummyVecEnv([lambda: Monitor(task.make_env()) for _ in range(n_envs)]), model, name),
         "torch predict": lambda: TorchPredict(DummyVecEnv([task.make_env for _ in range(n_envs)]), model, name),
         **extra,
+        **extra_ref,
     }
 
 
@@ -188,9 +228,9 @@ def check_rewards(task: Task, n_envs: int, model: RewardModel | RewardEnsemble, 
 
 
 def bench_task(task: Task, n_envs: int, rounds: int, steps: int, seed: int,
-               k: int = 3) -> dict[str, list[float]]:
+               k: int = 3, decompose: bool = False) -> dict[str, list[float]]:
     model = default_model(task)
-    makers = variants(task, n_envs, model, default_ensemble(task, k) if k >= 2 else None)
+    makers = variants(task, n_envs, model, default_ensemble(task, k) if k >= 2 else None, decompose)
     envs = {}
     for k, make in makers.items():
         venv = make()
@@ -221,6 +261,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--torch-threads", type=int, default=1, help="torch threads for the torch-predict reference")
     p.add_argument("--ensemble", type=int, default=3, help="members of the ensemble variant (0: leave it out)")
+    p.add_argument("--decompose", action="store_true",
+                   help="also time a pass-through wrapper, VecLearnedReward without a network and with a tiny one")
     args = p.parse_args()
     rounds = args.rounds or (3 if args.quick else 105)
     steps = args.steps or 200
@@ -245,7 +287,7 @@ def main() -> None:
             print(f"{name}, {label}: VecLearnedReward vs model.predict on {checked} transitions ({ended} episode "
                   f"ends): max |diff| = {worst:.2e} [{status}]")
             assert worst <= 1e-5, f"{name}: VecLearnedReward differs from model.predict by {worst}"
-        rates = bench_task(task, args.n_envs, rounds, steps, args.seed, args.ensemble)
+        rates = bench_task(task, args.n_envs, rounds, steps, args.seed, args.ensemble, args.decompose)
         raw, mon = rates["raw"], rates["raw+Monitor"]
         if "VecLearned ensemble" in rates:  # the same rounds, so the machine's load mostly cancels
             ratios = [x / b for x, b in zip(rates["VecLearned ensemble"], rates["VecLearnedReward"])]
