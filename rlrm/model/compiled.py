@@ -32,8 +32,8 @@ _F32, _F64, _BOOL, _I64 = (np.dtype(t) for t in (np.float32, np.float64, bool, n
 
 #: the kernel takes batches of at most this many rows (a VecEnv's step); larger ones (EPIC, relabelling a buffer)
 #: go to the NumPy path, whose BLAS calls beat the kernel's row-by-row loops once their fixed cost is spread
-#: (on this project's 2-core host the kernel costs ~0.7 us a row for the default network: benchmarks/RESULTS.md)
-MAX_ROWS = 32
+#: (measured crossover: 16-32 rows for one default network, ~16 for an ensemble of 3: benchmarks/RESULTS.md)
+MAX_ROWS = 16
 
 
 def available() -> bool:
