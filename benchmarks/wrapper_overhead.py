@@ -41,6 +41,7 @@ import argparse
 import platform
 import statistics
 import time
+import timeit
 from collections.abc import Callable
 
 import numba
@@ -251,6 +252,14 @@ def bench_task(task: Task, n_envs: int, rounds: int, steps: int, seed: int,
     return rates
 
 
+def host_probe() -> float:
+    """Microseconds of one ``x.dot(w, out)`` of 8x65 by 65x65 float32 (best of 7 x 20,000): which class of host this
+    is (RESULTS.md: ~1.1 us on the fast host class of Nov 26, ~3 us on the slow one, where the ratios read lower)."""
+    x, w = np.ones((8, 65), np.float32), np.ones((65, 65), np.float32)
+    out = np.empty((8, 65), np.float32)
+    return min(timeit.repeat(lambda: x.dot(w, out), number=20_000, repeat=7)) / 20_000 * 1e6
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: few short rounds")
@@ -271,7 +280,8 @@ def main() -> None:
     torch.set_num_threads(args.torch_threads)
     print(f"{platform.processor() or platform.machine()}, python {platform.python_version()}, numpy {np.__version__}, "
           f"numba {numba.__version__}, torch {torch.__version__} ({torch.get_num_threads()} thread); {rounds} rounds x "
-          f"{steps} vector steps x {args.n_envs} envs per variant")
+          f"{steps} vector steps x {args.n_envs} envs per variant; host probe (8x65 @ 65x65 float32 dot) "
+          f"{host_probe():.2f} us")
 
     rows = []
     for name in args.tasks:
